@@ -1,0 +1,129 @@
+"""The plugin's configuration: the ``"OrthancAI"`` section of Orthanc's configuration file.
+
+Parsed and validated once at start-up; every key is documented in
+``docs/configuration.md``. Unknown keys and bad values raise
+``ConfigurationError`` with a message that names the key, which the glue
+writes to Orthanc's log before refusing to start the plugin.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+SECTION = "OrthancAI"
+DEFAULT_PRIVATE_CREATOR = "ORTHANC AI RESULTS 1"
+DEFAULT_MODELS_DIRECTORY = Path(__file__).resolve().parents[2] / "models"
+
+# Instance metadata the plugin keeps (they must be declared in "UserMetadata").
+METADATA_STATUS = "AIStatus"
+METADATA_PROVENANCE = "AIProvenance"
+METADATA_SOURCE_FILE = "AISourceFileName"
+REQUIRED_USER_METADATA = (METADATA_STATUS, METADATA_PROVENANCE, METADATA_SOURCE_FILE)
+
+
+class ConfigurationError(ValueError):
+    """A configuration mistake; the message says which key and what is expected."""
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    auto_predict: bool = True
+    models_directory: Path = DEFAULT_MODELS_DIRECTORY
+    # None: every model found in models_directory.
+    enabled_models: Optional[tuple[str, ...]] = None
+    # Per model: header rules that replace the model card's "applies_to".
+    applies_to: Mapping[str, Mapping[str, list[Optional[str]]]] = field(default_factory=dict)
+    workers: int = 2
+    inference_threads: int = 1
+    private_creator: str = DEFAULT_PRIVATE_CREATOR
+    max_frame_pixels: int = 40_000_000
+    max_file_megabytes: int = 1024
+    queue_capacity: int = 100_000
+
+
+# key in orthanc.json → (attribute, expected type)
+_KEYS: dict[str, tuple[str, type]] = {
+    "AutoPredict": ("auto_predict", bool),
+    "ModelsDirectory": ("models_directory", str),
+    "EnabledModels": ("enabled_models", list),
+    "AppliesTo": ("applies_to", dict),
+    "Workers": ("workers", int),
+    "InferenceThreads": ("inference_threads", int),
+    "PrivateCreator": ("private_creator", str),
+    "MaxFramePixels": ("max_frame_pixels", int),
+    "MaxFileMegabytes": ("max_file_megabytes", int),
+    "QueueCapacity": ("queue_capacity", int),
+    # Read by the entry script before this package is importable.
+    "VirtualEnv": ("", str),
+}
+
+
+def parse_config(orthanc_configuration: Mapping[str, Any], config_directory: Path) -> PluginConfig:
+    """Read the ``OrthancAI`` section; relative paths are taken from ``config_directory``."""
+    section = orthanc_configuration.get(SECTION, {})
+    if not isinstance(section, Mapping):
+        raise ConfigurationError(f'"{SECTION}" must be a JSON object')
+    unknown = sorted(set(section) - set(_KEYS))
+    if unknown:
+        raise ConfigurationError(f'unknown key(s) in "{SECTION}": {", ".join(unknown)}; known keys: {", ".join(_KEYS)}')
+
+    values: dict[str, Any] = {}
+    for key, (attribute, expected) in _KEYS.items():
+        if key not in section or not attribute:
+            continue
+        value = section[key]
+        # JSON has no separate bool type check in Python: True is an int.
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigurationError(f'"{SECTION}.{key}" must be a {expected.__name__}, not {value!r}')
+        values[attribute] = value
+
+    if "models_directory" in values:
+        directory = Path(values["models_directory"])
+        values["models_directory"] = directory if directory.is_absolute() else (config_directory / directory)
+    if "enabled_models" in values:
+        names = values["enabled_models"]
+        if not all(isinstance(n, str) for n in names):
+            raise ConfigurationError(f'"{SECTION}.EnabledModels" must be a list of model names')
+        values["enabled_models"] = tuple(names)
+    config = PluginConfig(**values)
+    _check_ranges(config)
+    return config
+
+
+def _check_ranges(config: PluginConfig) -> None:
+    if not 1 <= config.workers <= 32:
+        raise ConfigurationError(f'"{SECTION}.Workers" must be between 1 and 32, not {config.workers}')
+    if not 1 <= config.inference_threads <= 64:
+        raise ConfigurationError(f'"{SECTION}.InferenceThreads" must be between 1 and 64')
+    if config.max_frame_pixels < 64 * 64:
+        raise ConfigurationError(f'"{SECTION}.MaxFramePixels" must be at least 4096')
+    if config.max_file_megabytes < 1:
+        raise ConfigurationError(f'"{SECTION}.MaxFileMegabytes" must be at least 1')
+    if config.queue_capacity < 1:
+        raise ConfigurationError(f'"{SECTION}.QueueCapacity" must be at least 1')
+    creator = config.private_creator
+    if not (0 < len(creator) <= 64) or "\\" in creator or not creator.isascii() or not creator.isprintable():
+        raise ConfigurationError(
+            f'"{SECTION}.PrivateCreator" must be 1–64 printable ASCII characters without backslash (a DICOM LO value)'
+        )
+    for model, rules in config.applies_to.items():
+        if not isinstance(rules, Mapping) or not all(isinstance(v, list) for v in rules.values()):
+            raise ConfigurationError(
+                f'"{SECTION}.AppliesTo.{model}" must map DICOM keywords to lists of accepted values'
+            )
+
+
+def check_orthanc_settings(orthanc_configuration: Mapping[str, Any]) -> list[str]:
+    """Orthanc settings the plugin depends on; returns one message per problem."""
+    problems = []
+    if orthanc_configuration.get("OverwriteInstances") is not True:
+        problems.append(
+            '"OverwriteInstances" must be true: results are written by storing the tagged '
+            "instance again under the same SOP Instance UID"
+        )
+    declared = orthanc_configuration.get("UserMetadata", {})
+    missing = [name for name in REQUIRED_USER_METADATA if name not in declared]
+    if missing:
+        problems.append(f'"UserMetadata" must declare {", ".join(missing)} (any free index from 1024 to 65535)')
+    return problems

@@ -1,0 +1,163 @@
+"""Read a stored instance and decode the frame the models look at.
+
+Decoding is pydicom's, with the pylibjpeg plugins for JPEG (baseline,
+extended, lossless), JPEG-LS, JPEG 2000 and RLE, so every transfer syntax that
+Orthanc accepts by default is either decoded or refused with a reason that ends
+up in the instance's ``AIStatus`` metadata. Multi-frame images: the middle
+frame (``frames // 2``, 0-based) is analysed and its 1-based number recorded.
+
+Everything that can be checked from the header is checked before any pixel is
+decoded, so a 46341 × 46341 image or an SR document costs one header parse.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, pixel_array
+
+from .preprocessing import PixelAttributes
+
+SUPPORTED_PHOTOMETRIC = {
+    "MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR",
+}
+# Objects that carry pixel data but are not images to classify.
+NON_IMAGE_MODALITIES = {"SEG", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "SR", "PR", "KO", "DOC", "REG", "OT-PDF"}
+PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+HEADER_KEYWORDS = (
+    "Modality", "SOPClassUID", "PhotometricInterpretation", "BodyPartExamined",
+    "ImageType", "ViewPosition", "StudyDescription", "SeriesDescription",
+)
+
+
+class InstanceSkipped(Exception):
+    """The instance cannot or should not be analysed; the message is the recorded reason."""
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What the pipeline needs to know about an instance before decoding its pixels."""
+
+    header: dict[str, str]  # keyword → value, for applicability rules and the REST API
+    rows: int
+    columns: int
+    frames: int
+    samples_per_pixel: int
+    bits_allocated: int
+    pixels: PixelAttributes
+    dataset: Dataset
+
+    @property
+    def analysed_frame_index(self) -> int:
+        return self.frames // 2
+
+
+def read_header(dicom: bytes, max_frame_pixels: int) -> InstanceHeader:
+    """Parse the instance (pixel data left undecoded) and check it can be analysed."""
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(dicom), force=True)
+        header = {k: _text(dataset.get(k)) for k in HEADER_KEYWORDS}
+    except (InvalidDicomError, RecursionError) as error:
+        raise InstanceSkipped(f"unreadable DICOM: {error.__class__.__name__}") from error
+    except Exception as error:  # pydicom raises many kinds on damaged files
+        raise InstanceSkipped(f"unreadable DICOM: {error.__class__.__name__}: {error}") from error
+
+    modality = header["Modality"].upper()
+    if not any(tag in dataset for tag in PIXEL_DATA_TAGS):
+        raise InstanceSkipped(f"no pixel data (Modality {modality or 'absent'}, SOP class {header['SOPClassUID']})")
+    if modality in NON_IMAGE_MODALITIES:
+        raise InstanceSkipped(f"not an image to classify (Modality {modality})")
+    if 0x7FE00010 not in dataset:
+        raise InstanceSkipped("float pixel data is not supported")
+
+    rows, columns = _int(dataset, "Rows"), _int(dataset, "Columns")
+    frames = max(_int(dataset, "NumberOfFrames", 1), 1)
+    if rows <= 0 or columns <= 0:
+        raise InstanceSkipped(f"invalid image size {rows} x {columns}")
+    if rows * columns > max_frame_pixels:
+        raise InstanceSkipped(f"image too large: {rows} x {columns} pixels exceeds MaxFramePixels {max_frame_pixels}")
+    photometric = header["PhotometricInterpretation"].upper()
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        raise InstanceSkipped(f"unsupported photometric interpretation {photometric or '(absent)'}")
+    bits_allocated = _int(dataset, "BitsAllocated", 0)
+    if bits_allocated not in (8, 16, 32):
+        raise InstanceSkipped(f"unsupported BitsAllocated {bits_allocated}")
+
+    pixels = PixelAttributes(
+        photometric=photometric,
+        bits_stored=_int(dataset, "BitsStored", bits_allocated) or bits_allocated,
+        modality=modality,
+        rescale_slope=_float(dataset, "RescaleSlope"),
+        rescale_intercept=_float(dataset, "RescaleIntercept"),
+        window_center=_float(dataset, "WindowCenter"),
+        window_width=_float(dataset, "WindowWidth"),
+    )
+    return InstanceHeader(
+        header=header,
+        rows=rows,
+        columns=columns,
+        frames=frames,
+        samples_per_pixel=_int(dataset, "SamplesPerPixel", 1),
+        bits_allocated=bits_allocated,
+        pixels=pixels,
+        dataset=dataset,
+    )
+
+
+def decode_analysed_frame(instance: InstanceHeader) -> np.ndarray:
+    """Decode the analysed frame: (rows, columns) stored values, or (rows, columns, 3) RGB."""
+    dataset = instance.dataset
+    index = instance.analysed_frame_index
+    try:
+        frame = pixel_array(dataset, index=index if instance.frames > 1 else None)
+        if instance.pixels.photometric == "PALETTE COLOR":
+            frame = apply_color_lut(frame, dataset)
+    except (NotImplementedError, RuntimeError, ImportError) as error:
+        syntax = _transfer_syntax(dataset)
+        raise InstanceSkipped(f"cannot decode transfer syntax {syntax}: {error}") from error
+    except Exception as error:
+        raise InstanceSkipped(f"pixel data cannot be decoded: {error.__class__.__name__}: {error}") from error
+    frame = np.asarray(frame)
+    colour = instance.samples_per_pixel == 3 or instance.pixels.photometric == "PALETTE COLOR"
+    if frame.ndim != (3 if colour else 2):
+        raise InstanceSkipped(f"decoded pixel array has unexpected shape {frame.shape}")
+    return frame
+
+
+def _transfer_syntax(dataset: Dataset) -> str:
+    meta = getattr(dataset, "file_meta", None)
+    return str(getattr(meta, "TransferSyntaxUID", "unknown")) if meta is not None else "unknown"
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(dataset: Dataset, keyword: str, default: int = 0) -> int:
+    try:
+        value = dataset.get(keyword)
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _float(dataset: Dataset, keyword: str) -> Optional[float]:
+    """First value of a DS attribute (Window Center may hold several), or None."""
+    try:
+        value = dataset.get(keyword)
+        if value in (None, ""):
+            return None
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            value = value[0]
+        return float(value)
+    except (TypeError, ValueError, IndexError):
+        return None

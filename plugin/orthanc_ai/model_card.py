@@ -1,0 +1,124 @@
+"""The model card (``models/<name>/model.json``): what a model is and which images it applies to.
+
+The card is read by the plugin's registry and written by the training
+scripts; ``docs/models.md`` documents every field.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .preprocessing import Preprocessing
+
+MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+CARD_FILE = "model.json"
+ONNX_FILE = "model.onnx"
+
+
+class ModelCardError(ValueError):
+    """A model card that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Applicability:
+    """Header rules an image must meet for a model to run on it.
+
+    ``rules`` maps a DICOM keyword (``Modality``, ``PhotometricInterpretation``,
+    ``BodyPartExamined``, ``SOPClassUID`` …) to the accepted values, compared
+    case-insensitively. ``None`` in a list accepts an image where the attribute
+    is absent or empty.
+    """
+
+    rules: Mapping[str, tuple[Optional[str], ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, section: Mapping[str, Any]) -> "Applicability":
+        rules: dict[str, tuple[Optional[str], ...]] = {}
+        for keyword, accepted in section.items():
+            if not isinstance(accepted, list) or not all(v is None or isinstance(v, str) for v in accepted):
+                raise ModelCardError(f"applies_to.{keyword} must be a list of strings or null")
+            rules[keyword] = tuple(None if v is None else v.upper() for v in accepted)
+        return cls(rules)
+
+    def mismatch(self, header: Mapping[str, str]) -> Optional[str]:
+        """None when the image matches, else a short reason such as 'Modality MR not in [CT]'."""
+        for keyword, accepted in self.rules.items():
+            value = (header.get(keyword) or "").strip().upper()
+            if value == "" and None in accepted:
+                continue
+            if value not in accepted:
+                shown = ", ".join("(absent)" if v is None else v for v in accepted)
+                return f"{keyword} {value or '(absent)'} not in [{shown}]"
+        return None
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    version: str
+    title: str
+    classes: tuple[str, ...]
+    dataset: str
+    preprocessing: Preprocessing
+    applies_to: Applicability
+    output_kind: str  # "logits" or "probabilities"
+    folder: Path
+    raw: Mapping[str, Any]
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.folder / ONNX_FILE
+
+    @classmethod
+    def load(cls, folder: Path) -> "ModelCard":
+        path = folder / CARD_FILE
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ModelCardError(f"{path}: cannot read the model card: {error}") from error
+        try:
+            return cls.from_json(raw, folder)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelCardError(f"{path}: {error.__class__.__name__}: {error}") from error
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], folder: Path) -> "ModelCard":
+        name = str(raw["name"])
+        if not MODEL_NAME_PATTERN.match(name):
+            raise ModelCardError(f"name {name!r} must be lower-case letters, digits, '.', '_' or '-'")
+        classes = tuple(str(c) for c in raw["classes"])
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ModelCardError("classes must list at least two distinct names")
+        if any("\\" in c or len(c) > 64 for c in classes):
+            raise ModelCardError("class names must fit a DICOM LO value (≤ 64 characters, no backslash)")
+        output_kind = str(raw.get("output", {}).get("kind", "logits"))
+        if output_kind not in ("logits", "probabilities"):
+            raise ModelCardError(f"output.kind must be 'logits' or 'probabilities', not {output_kind!r}")
+        dataset = raw.get("dataset", {})
+        return cls(
+            name=name,
+            version=str(raw["version"]),
+            title=str(raw.get("title", name)),
+            classes=classes,
+            dataset=str(dataset.get("name", "")) if isinstance(dataset, Mapping) else str(dataset),
+            preprocessing=Preprocessing.from_card(raw),
+            applies_to=Applicability.from_json(raw.get("applies_to", {})),
+            output_kind=output_kind,
+            folder=folder,
+            raw=raw,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What the REST API and the Explorer show about the model."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "title": self.title,
+            "classes": list(self.classes),
+            "dataset": self.dataset,
+            "appliesTo": {k: [v for v in vals] for k, vals in self.applies_to.rules.items()},
+            "intendedUse": self.raw.get("intended_use", ""),
+        }

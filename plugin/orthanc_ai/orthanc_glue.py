@@ -1,0 +1,159 @@
+"""The only module that talks to Orthanc: events in, REST calls out, routes, logging.
+
+Kept thin on purpose: each function here maps one Orthanc mechanism onto a
+plain function of the core, which is tested without Orthanc.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import orthanc
+
+from . import rest_api
+from .config import ConfigurationError, check_orthanc_settings, parse_config
+from .orthanc_api import ResourceNotFound
+from .service import PluginService
+
+log = logging.getLogger("orthanc_ai")
+ORTHANC_ID = r"([0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8})"
+_service: PluginService | None = None
+
+
+class OrthancRestApi:
+    """``OrthancApi`` through Orthanc's internal REST API (no HTTP, no credentials needed)."""
+
+    def instance_file(self, instance_id: str) -> bytes:
+        return _call(orthanc.RestApiGet, f"/instances/{instance_id}/file")
+
+    def store_instance(self, dicom: bytes) -> dict[str, Any]:
+        return json.loads(_call(orthanc.RestApiPost, "/instances", dicom))
+
+    def instance_metadata(self, instance_id: str) -> dict[str, str]:
+        return json.loads(_call(orthanc.RestApiGet, f"/instances/{instance_id}/metadata?expand"))
+
+    def set_instance_metadata(self, instance_id: str, name: str, value: str) -> None:
+        _call(orthanc.RestApiPut, f"/instances/{instance_id}/metadata/{name}", value.encode("utf-8"))
+
+    def child_instances(self, level: str, resource_id: str) -> list[str]:
+        answer = json.loads(_call(orthanc.RestApiGet, f"/{level}/{resource_id}/instances"))
+        return [item["ID"] for item in answer]
+
+
+def _call(function: Callable[..., bytes], uri: str, *body: bytes) -> bytes:
+    try:
+        return function(uri, *body)
+    except orthanc.OrthancException as error:
+        if _is_unknown_resource(error):
+            raise ResourceNotFound(uri) from error
+        raise
+
+
+def _is_unknown_resource(error: Exception) -> bool:
+    return any(arg == orthanc.ErrorCode.UNKNOWN_RESOURCE for arg in error.args) or "Unknown resource" in str(error)
+
+
+class OrthancLogHandler(logging.Handler):
+    """Python logging → Orthanc's log, so the plugin's messages sit beside Orthanc's own."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = f"OrthancAI: {self.format(record)}"
+            if record.levelno >= logging.ERROR:
+                orthanc.LogError(message)
+            elif record.levelno >= logging.WARNING:
+                orthanc.LogWarning(message)
+            else:
+                orthanc.LogInfo(message)
+        except Exception:  # logging must never raise into the caller
+            self.handleError(record)
+
+
+def register() -> None:
+    """Called once by the entry script while Orthanc loads the plugin."""
+    global _service
+    handler = OrthancLogHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+    configuration = json.loads(orthanc.GetConfiguration())
+    try:
+        config = parse_config(configuration, _configuration_directory())
+        problems = check_orthanc_settings(configuration)
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+    except ConfigurationError as error:
+        orthanc.LogError(f"OrthancAI: configuration error: {error}")
+        raise
+
+    _service = PluginService.create(config, OrthancRestApi())
+    orthanc.RegisterOnChangeCallback(_on_change)
+    _register_routes()
+    log.warning(
+        "ready: models %s, automatic prediction %s, %d worker(s)",
+        ", ".join(_service.registry.models) or "none",
+        "on" if config.auto_predict else "off",
+        config.workers,
+    )
+
+
+def _configuration_directory() -> Path:
+    path = Path(orthanc.GetConfigurationPath())
+    return path if path.is_dir() else path.parent
+
+
+def _on_change(change_type: int, level: int, resource_id: str) -> None:
+    # Called on Orthanc's change thread: queue and return, never call the REST API here.
+    service = _service
+    if service is None:
+        return
+    if change_type == orthanc.ChangeType.NEW_INSTANCE:
+        service.queue.on_new_instance(resource_id, enqueue=service.config.auto_predict)
+    elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
+        service.queue.start()
+    elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+        service.queue.stop()
+
+
+def _register_routes() -> None:
+    routes: list[tuple[str, str, Callable[..., rest_api.Response]]] = [
+        ("/ai/models", "GET", lambda s, groups, body: rest_api.list_models(s)),
+        ("/ai/status", "GET", lambda s, groups, body: rest_api.plugin_status(s)),
+        (f"/ai/instances/{ORTHANC_ID}/predict", "POST",
+         lambda s, groups, body: rest_api.predict_instance(s, groups[0], body)),
+        (f"/ai/instances/{ORTHANC_ID}/predictions", "GET",
+         lambda s, groups, body: rest_api.instance_predictions(s, groups[0])),
+        (f"/ai/series/{ORTHANC_ID}/predict", "POST",
+         lambda s, groups, body: rest_api.predict_children(s, "series", groups[0], body)),
+        (f"/ai/studies/{ORTHANC_ID}/predict", "POST",
+         lambda s, groups, body: rest_api.predict_children(s, "studies", groups[0], body)),
+    ]
+    for pattern, method, handler in routes:
+        orthanc.RegisterRestCallback(pattern, _route(method, handler))
+
+
+def _route(method: str, handler: Callable[..., rest_api.Response]) -> Callable[..., None]:
+    def callback(output: Any, uri: str, **request: Any) -> None:
+        if request.get("method") != method:
+            output.SendMethodNotAllowed(method)
+            return
+        status, body = rest_api.guarded(handler, _service, request.get("groups", []), request.get("body") or b"")
+        _answer(output, status, body)
+
+    return callback
+
+
+def _answer(output: Any, status: int, body: Any) -> None:
+    text = json.dumps(body, indent=2, ensure_ascii=False)
+    if status == 200:
+        output.AnswerBuffer(text, "application/json")
+        return
+    try:
+        output.SendHttpStatus(status, text, len(text.encode("utf-8")))  # orthanc-python 4.0
+    except TypeError:
+        output.SendHttpStatus(status, text)  # later plugins: (status, body)
+

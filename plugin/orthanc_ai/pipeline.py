@@ -1,0 +1,167 @@
+"""One instance through the whole path: read → decode → preprocess → infer → tag → store back.
+
+The tagged file replaces the original under the same SOP Instance UID (and so
+the same Orthanc id) by a plain POST /instances with Orthanc's
+``OverwriteInstances`` on: the original is only replaced once the tagged copy is
+stored, never deleted first. An overwrite resets Orthanc's metadata of the
+instance, so the pipeline keeps where the image came from (``AIProvenance``)
+and puts back any user metadata.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Optional, Sequence
+
+from . import __version__
+from .config import METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
+from .decoding import InstanceSkipped, decode_analysed_frame, read_header
+from .inference import LoadedModel
+from .instance_guards import EchoGuard, InstanceLocks
+from .orthanc_api import OrthancApi, ResourceNotFound
+from .private_tags import ModelResult, read_results
+from .registry import ModelRegistry
+from .status import Outcome, PluginStatus
+from .tagging import add_results
+
+log = logging.getLogger(__name__)
+
+SOFTWARE = f"orthanc-ai {__version__}"
+# Orthanc's own metadata that tell where an instance came from.
+PROVENANCE_KEYS = ("Origin", "RemoteAET", "RemoteIP", "CalledAET", "HttpUsername", "ReceptionDate", "TransferSyntax")
+# Metadata Orthanc maintains itself; everything else is user metadata to carry over.
+ORTHANC_METADATA = set(PROVENANCE_KEYS) | {
+    "IndexInSeries", "LastUpdate", "ModifiedFrom", "AnonymizedFrom", "SopClassUid", "PixelDataOffset",
+    "PixelDataVR", "MainDicomTagsSignature", "InstanceAvailability",
+}
+
+
+class PredictionPipeline:
+    def __init__(
+        self,
+        api: OrthancApi,
+        registry: ModelRegistry,
+        config: PluginConfig,
+        status: PluginStatus,
+        echoes: EchoGuard,
+    ) -> None:
+        self.api = api
+        self.registry = registry
+        self.config = config
+        self.status = status
+        self.echoes = echoes
+        self._locks = InstanceLocks()
+
+    def process(self, instance_id: str, models: Optional[Sequence[str]] = None, force: bool = False) -> Outcome:
+        """Predict one instance and store its results; never raises for a bad instance.
+
+        ``models`` None runs the models whose applicability matches; a list runs
+        exactly those (raises ``registry.UnknownModel`` before any work).
+        ``force`` re-runs models whose current version already left results.
+        """
+        chosen = self.registry.get(models) if models is not None else None
+        started = time.monotonic()
+        with self._locks.hold(instance_id):
+            try:
+                outcome = self._predict(instance_id, chosen, force)
+            except InstanceSkipped as skip:
+                outcome = Outcome(instance_id, "skipped", reason=str(skip))
+            except ResourceNotFound:
+                outcome = Outcome(instance_id, "gone", reason="instance no longer exists")
+            except Exception as error:  # a plugin bug must never take Orthanc down
+                log.exception("Prediction of instance %s failed", instance_id)
+                outcome = Outcome(instance_id, "failed", reason=f"{error.__class__.__name__}: {error}")
+            outcome.seconds = time.monotonic() - started
+            self._record(outcome)
+        return outcome
+
+    def _predict(self, instance_id: str, chosen: Optional[list[LoadedModel]], force: bool) -> Outcome:
+        original = self.api.instance_file(instance_id)
+        if len(original) > self.config.max_file_megabytes * 1024 * 1024:
+            raise InstanceSkipped(f"file too large: {len(original)} bytes exceeds MaxFileMegabytes")
+        instance = read_header(original, self.config.max_frame_pixels)
+        existing = read_results(instance.dataset, self.config.private_creator)
+
+        if chosen is None:
+            chosen, mismatches = self.registry.applicable(instance.header)
+            if not chosen:
+                details = "; ".join(f"{name}: {why}" for name, why in mismatches.items()) or "no model is loaded"
+                raise InstanceSkipped(f"no model applies ({details})")
+        if not force:
+            done = {(r.model, r.version) for r in existing}
+            chosen = [m for m in chosen if (m.card.name, m.card.version) not in done]
+            if not chosen:
+                return Outcome(instance_id, "unchanged", results=existing)
+
+        metadata = self.api.instance_metadata(instance_id)
+        provenance = self._provenance(metadata, len(original))
+        frame = decode_analysed_frame(instance)
+        results = [
+            model.predict(
+                frame,
+                instance.pixels,
+                frame_number=instance.analysed_frame_index + 1,
+                source_file_name=metadata.get(METADATA_SOURCE_FILE) or None,
+                source_file_size=provenance.get("ReceivedSize"),
+            )
+            for model in chosen
+        ]
+        tagged = add_results(original, self.config.private_creator, SOFTWARE, results)
+        self._store_back(instance_id, tagged, metadata, provenance)
+        replaced = {r.model for r in results}
+        return Outcome(instance_id, "predicted", results=[r for r in existing if r.model not in replaced] + results)
+
+    @staticmethod
+    def _provenance(metadata: dict[str, str], size: int) -> dict:
+        """Where the image came from, as first received (kept across our re-stores)."""
+        if METADATA_PROVENANCE in metadata:
+            try:
+                return json.loads(metadata[METADATA_PROVENANCE])
+            except ValueError:
+                log.warning("Unreadable %s metadata replaced", METADATA_PROVENANCE)
+        provenance: dict = {key: metadata[key] for key in PROVENANCE_KEYS if key in metadata}
+        provenance["ReceivedSize"] = size
+        return provenance
+
+    def _store_back(self, instance_id: str, tagged: bytes, metadata: dict[str, str], provenance: dict) -> None:
+        self.echoes.expect(instance_id)
+        try:
+            answer = self.api.store_instance(tagged)
+        except Exception:
+            self.echoes.cancel(instance_id)
+            raise
+        if answer.get("Status") == "AlreadyStored":
+            self.echoes.cancel(instance_id)
+            raise RuntimeError("Orthanc kept the untagged instance: set \"OverwriteInstances\": true")
+        if answer.get("ID") != instance_id:
+            # Same bytes but for our block, so same UIDs: this would be an Orthanc bug.
+            raise RuntimeError(f"tagged instance was stored as {answer.get('ID')}, not {instance_id}")
+        for name, value in metadata.items():
+            if name not in ORTHANC_METADATA and name not in (METADATA_STATUS, METADATA_PROVENANCE):
+                self.api.set_instance_metadata(instance_id, name, value)
+        self.api.set_instance_metadata(instance_id, METADATA_PROVENANCE, json.dumps(provenance, sort_keys=True))
+
+    def _record(self, outcome: Outcome) -> None:
+        self.status.record(outcome)
+        if outcome.state == "predicted":
+            log.info("Instance %s: %s", outcome.instance_id, _summary(outcome.results))
+        elif outcome.state in ("skipped", "failed"):
+            log.warning("Instance %s %s: %s", outcome.instance_id, outcome.state, outcome.reason)
+        if outcome.state in ("unchanged", "gone"):
+            return
+        record = {
+            "state": outcome.state,
+            "reason": outcome.reason,
+            "models": {r.model: r.version for r in outcome.results},
+            "at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        try:
+            self.api.set_instance_metadata(outcome.instance_id, METADATA_STATUS, json.dumps(record))
+        except Exception as error:  # the instance may have been deleted meanwhile
+            log.warning("Cannot record the status of instance %s: %s", outcome.instance_id, error)
+
+
+def _summary(results: list[ModelResult]) -> str:
+    return ", ".join(f"{r.model} → {r.top_class} {r.top_probability:.2f}" for r in results)

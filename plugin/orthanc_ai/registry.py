@@ -1,0 +1,90 @@
+"""The models the plugin serves: every enabled model loaded once at start-up.
+
+A model that fails to load is reported (``load_errors``, the log, ``/ai/models``)
+and skipped; the plugin keeps serving the others.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+from .config import PluginConfig
+from .inference import LoadedModel, ModelLoadError
+from .model_card import CARD_FILE, Applicability, ModelCard, ModelCardError
+
+log = logging.getLogger(__name__)
+
+
+class UnknownModel(KeyError):
+    """A model name that the registry does not serve."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class ModelRegistry:
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    applicability: dict[str, Applicability] = field(default_factory=dict)
+    load_errors: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, config: PluginConfig) -> "ModelRegistry":
+        registry = cls()
+        folders = _model_folders(config.models_directory)
+        wanted = config.enabled_models if config.enabled_models is not None else tuple(sorted(folders))
+        for name in wanted:
+            registry._load_one(name, folders.get(name), config)
+        for name in config.applies_to:
+            if name not in wanted:
+                log.warning("AppliesTo names model %r, which is not enabled", name)
+        return registry
+
+    def _load_one(self, name: str, folder: Optional[Path], config: PluginConfig) -> None:
+        if folder is None:
+            self.load_errors[name] = f"no folder {name}/ with a {CARD_FILE} in {config.models_directory}"
+            log.error("Model %s skipped: %s", name, self.load_errors[name])
+            return
+        try:
+            card = ModelCard.load(folder)
+            if card.name != name:
+                raise ModelCardError(f"{folder / CARD_FILE}: name {card.name!r} differs from its folder {name!r}")
+            model = LoadedModel(card, threads=config.inference_threads)
+            rules = config.applies_to.get(name)
+            self.applicability[name] = Applicability.from_json(rules) if rules is not None else card.applies_to
+        except (ModelCardError, ModelLoadError) as error:
+            self.load_errors[name] = str(error)
+            log.error("Model %s skipped: %s", name, error)
+            return
+        self.models[name] = model
+        log.info("Model %s %s loaded (%s; classes %s)", name, card.version, card.title, ", ".join(card.classes))
+
+    def get(self, names: Iterable[str]) -> list[LoadedModel]:
+        """The named models, in the order given; raises UnknownModel for a name not served."""
+        chosen = []
+        for name in names:
+            if name not in self.models:
+                reason = self.load_errors.get(name, "not installed or not enabled")
+                raise UnknownModel(f"unknown model {name!r} ({reason}); available: {', '.join(self.models) or 'none'}")
+            chosen.append(self.models[name])
+        return chosen
+
+    def applicable(self, header: Mapping[str, str]) -> tuple[list[LoadedModel], dict[str, str]]:
+        """Models whose rules match the header, and for the others the reason they do not."""
+        matching, reasons = [], {}
+        for name, model in self.models.items():
+            mismatch = self.applicability[name].mismatch(header)
+            if mismatch is None:
+                matching.append(model)
+            else:
+                reasons[name] = mismatch
+        return matching, reasons
+
+
+def _model_folders(directory: Path) -> dict[str, Path]:
+    if not directory.is_dir():
+        log.error("Models directory %s does not exist", directory)
+        return {}
+    return {p.name: p for p in sorted(directory.iterdir()) if (p / CARD_FILE).is_file()}

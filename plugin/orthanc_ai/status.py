@@ -1,0 +1,96 @@
+"""Counters and latencies the ``/ai/status`` route reports."""
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+LATENCY_WINDOW = 1000
+RECENT_PROBLEMS = 50
+
+
+@dataclass
+class Outcome:
+    """What happened to one instance."""
+
+    instance_id: str
+    state: str  # predicted | unchanged | skipped | failed | gone
+    reason: Optional[str] = None
+    results: list[Any] = field(default_factory=list)  # ModelResult
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance_id,
+            "state": self.state,
+            "reason": self.reason,
+            "seconds": round(self.seconds, 4),
+            "predictions": [r.to_json() for r in self.results],
+        }
+
+
+class PluginStatus:
+    """Thread-safe tally of outcomes since Orthanc started."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: Counter[str] = Counter()
+        self._skip_reasons: Counter[str] = Counter()
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._recent_problems: deque[dict[str, str]] = deque(maxlen=RECENT_PROBLEMS)
+        self.echoes_ignored = 0
+        self.dropped = 0
+
+    def record(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._states[outcome.state] += 1
+            if outcome.state == "predicted":
+                self._latencies.append(outcome.seconds)
+            if outcome.state in ("skipped", "failed"):
+                self._skip_reasons[f"{outcome.state}: {reason_category(outcome.reason or '')}"] += 1
+                self._recent_problems.append(
+                    {"instance": outcome.instance_id, "state": outcome.state, "reason": outcome.reason or ""}
+                )
+
+    def record_echo(self) -> None:
+        with self._lock:
+            self.echoes_ignored += 1
+
+    def record_dropped(self) -> None:
+        with self._lock:
+            self.dropped += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            latencies = sorted(self._latencies)
+            return {
+                "predicted": self._states["predicted"],
+                "unchanged": self._states["unchanged"],
+                "skipped": self._states["skipped"],
+                "failed": self._states["failed"],
+                "gone": self._states["gone"],
+                "echoesIgnored": self.echoes_ignored,
+                "droppedQueueFull": self.dropped,
+                "reasons": dict(self._skip_reasons),
+                "recentProblems": list(self._recent_problems),
+                "latencySeconds": {
+                    "count": len(latencies),
+                    "mean": round(sum(latencies) / len(latencies), 4) if latencies else None,
+                    "p50": _quantile(latencies, 0.50),
+                    "p95": _quantile(latencies, 0.95),
+                },
+            }
+
+
+def reason_category(reason: str) -> str:
+    """The stable part of a reason ('image too large: 46341 x 46341 …' → 'image too large')."""
+    for separator in (":", "("):
+        reason = reason.split(separator, 1)[0]
+    return reason.strip() or "unknown"
+
+
+def _quantile(sorted_values: list[float], q: float) -> Optional[float]:
+    if not sorted_values:
+        return None
+    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 4)

@@ -1,0 +1,68 @@
+"""Small ONNX classifiers built in the tests, to exercise the plumbing without trained weights.
+
+Each is a real ONNX graph (average pooling to 4 x 4, then a fixed linear layer),
+so its probabilities depend on the image and can be recomputed in the test.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+SIZE = 32
+
+
+def linear_weights(classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 0.5, (16, classes)).astype(np.float32), rng.normal(0, 0.1, classes).astype(np.float32)
+
+
+def build_model(
+    folder: Path,
+    name: str,
+    classes: list[str],
+    applies_to: dict[str, list[Optional[str]]],
+    *,
+    seed: int = 0,
+    version: str = "1.0.0",
+    ct_window: Optional[dict[str, float]] = None,
+) -> Path:
+    """Write models/<name>/model.onnx and model.json into ``folder``; returns the model folder."""
+    weights, bias = linear_weights(len(classes), seed)
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[SIZE // 4, SIZE // 4], strides=[SIZE // 4, SIZE // 4]),
+            helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
+        ],
+        name=name,
+        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, SIZE, SIZE])],
+        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(classes)])],
+        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    target = folder / name
+    target.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, target / "model.onnx")
+    card: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "title": f"Test model {name}",
+        "classes": classes,
+        "input": {"name": "input", "channels": 1, "height": SIZE, "width": SIZE},
+        "output": {"name": "logits", "kind": "logits"},
+        "preprocessing": {"resize": "pad", "normalize": {"mean": 0.5, "std": 0.25}},
+        "applies_to": applies_to,
+        "dataset": {"name": f"synthetic-{name}"},
+        "intended_use": "Test fixture only.",
+    }
+    if ct_window:
+        card["preprocessing"]["ct_window"] = ct_window
+    (target / "model.json").write_text(json.dumps(card, indent=2))
+    return target
