@@ -1,0 +1,53 @@
+# Entry points: `make run` starts Orthanc with the plugin; `make test` runs the test suite.
+# Both install what is missing first (Debian packages, then a virtual environment).
+SHELL := /bin/bash
+# The Python plugin embeds Debian's system Python: the venv must come from the same interpreter.
+SYSTEM_PYTHON := /usr/bin/python3
+VENV := .venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_PACKAGES := orthanc orthanc-python dcmtk python3-venv
+
+.PHONY: run test install install-dev system-packages private-dictionary clean-state
+
+run: install
+	mkdir -p state
+	@echo "Orthanc with the AI plugin: http://localhost:8042 (DICOM: AET ORTHANC, port 4242). Ctrl-C stops it."
+	TCP_NODELAY=1 Orthanc orthanc.json
+
+test: install-dev
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+install: system-packages $(VENV)/.runtime-installed
+
+install-dev: install $(VENV)/.dev-installed
+
+system-packages:
+	@missing=""; \
+	command -v Orthanc >/dev/null || missing="yes"; \
+	[ -f /usr/share/orthanc/plugins/libOrthancPython.so ] || missing="yes"; \
+	command -v storescu >/dev/null || missing="yes"; \
+	$(SYSTEM_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="yes"; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages: $(DEBIAN_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) && \
+	  { echo "Stopping the Orthanc service Debian starts (it would hold ports 8042/4242)"; \
+	    $(SUDO) systemctl disable --now orthanc 2>/dev/null || $(SUDO) service orthanc stop 2>/dev/null || true; }; \
+	fi
+
+$(VENV)/.runtime-installed: requirements.txt
+	[ -x $(VENV)/bin/pip ] || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+# Regenerate orthanc.json's "Dictionary" and docs/private-tags.md from plugin/orthanc_ai/private_tags.py.
+private-dictionary: install
+	PYTHONPATH=plugin $(VENV)/bin/python -m orthanc_ai.private_tags --update orthanc.json
+
+clean-state:
+	rm -rf state

@@ -1,0 +1,80 @@
+"""DICOM files for the tests: real ones from ../shared/data and synthetic ones made with pydicom."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+PROJECT = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("ORTHANC_AI_DATA", PROJECT.parent / "shared" / "data"))
+ROBUSTNESS = DATA / "dicom-robustness" / "orthanc-tests"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def shared_data(relative: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason."""
+    path = DATA / relative
+    if not path.exists():
+        pytest.skip(f"shared data not found: {path} (set ORTHANC_AI_DATA or place ../shared/data beside the project)")
+    return path
+
+
+def synthetic_ct(seed: int = 0, rows: int = 64, columns: int = 64, study_uid: Optional[str] = None,
+                 series_uid: Optional[str] = None, instance_number: int = 1) -> bytes:
+    """A small, valid CT Image Storage instance in Hounsfield units (signed 16-bit, intercept -1024)."""
+    rng = np.random.default_rng(seed)
+    stored = (rng.normal(1024 - 600, 300, (rows, columns))).clip(0, 4095).astype(np.int16)
+    ds = _base(CT_IMAGE_STORAGE, "CT", study_uid, series_uid, instance_number)
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
+    ds.BodyPartExamined = "CHEST"
+    ds.PixelData = stored.tobytes()
+    return to_bytes(ds)
+
+
+def secondary_capture(grey: np.ndarray, modality: str = "OT") -> bytes:
+    """An 8-bit MONOCHROME2 Secondary Capture of a grey image (uint8)."""
+    ds = _base(SECONDARY_CAPTURE, modality, None, None, 1)
+    ds.Rows, ds.Columns = grey.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.ConversionType = "WSD"
+    ds.PixelData = np.ascontiguousarray(grey, dtype=np.uint8).tobytes()
+    return to_bytes(ds)
+
+
+def _base(sop_class: str, modality: str, study_uid: Optional[str], series_uid: Optional[str], number: int) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.PatientName, ds.PatientID = "TEST^AI", "AI-TEST-1"
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.StudyDate, ds.StudyTime = "20260101", "120000"
+    ds.Modality, ds.InstanceNumber = modality, number
+    ds.StudyDescription = "AI plugin test"
+    return ds
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def read(dicom: bytes, **options) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(dicom), force=True, **options)

@@ -1,0 +1,163 @@
+"""A real Orthanc process for the tests: own temporary storage, free loopback ports, the project's plugin."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+PROJECT = Path(__file__).resolve().parents[2]
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def project_configuration() -> dict[str, Any]:
+    return json.loads((PROJECT / "orthanc.json").read_text())
+
+
+class OrthancProcess:
+    def __init__(self, workdir: Path, models_directory: Path, overrides: Optional[dict[str, Any]] = None,
+                 plugin_overrides: Optional[dict[str, Any]] = None) -> None:
+        self.workdir = workdir
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.aet = "ORTHANC"
+        self.log_path = workdir / "orthanc.log"
+        config = project_configuration()
+        config.update(
+            {
+                "Name": f"test-{workdir.name}",
+                "StorageDirectory": str(workdir / "storage"),
+                "IndexDirectory": str(workdir / "index"),
+                "HttpPort": self.http_port,
+                "DicomPort": self.dicom_port,
+                "PythonScript": str(PROJECT / "plugin" / "orthanc_ai_plugin.py"),
+            }
+        )
+        config["OrthancAI"] = dict(config["OrthancAI"], ModelsDirectory=str(models_directory), VirtualEnv=sys.prefix)
+        config["OrthancAI"].update(plugin_overrides or {})
+        config.update(overrides or {})
+        self.config = config
+        self.config_path = workdir / "orthanc.json"
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 60.0, expect_failure: bool = False) -> "OrthancProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        env = dict(os.environ, TCP_NODELAY="1")
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([ORTHANC, "--verbose", str(self.config_path)], cwd=self.workdir,
+                                        stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                if expect_failure:
+                    return self
+                raise RuntimeError(f"Orthanc exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.get("/system")
+                if expect_failure:
+                    raise RuntimeError("Orthanc started although a failure was expected")
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.2)
+        raise TimeoutError(f"Orthanc did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise RuntimeError(f"Orthanc did not stop within {timeout} s of SIGTERM:\n{self.log_tail()}")
+        self._log.close()
+        return self.process.returncode
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    # --- HTTP -------------------------------------------------------------
+    def request(self, method: str, path: str, body: Optional[bytes] = None,
+                headers: Optional[dict[str, str]] = None, timeout: float = 120.0) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def get(self, path: str) -> Any:
+        status, body = self.request("GET", path)
+        if status != 200:
+            raise urllib.error.URLError(f"GET {path} → {status}: {body[:300]!r}")
+        return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    def get_bytes(self, path: str) -> bytes:
+        status, body = self.request("GET", path)
+        assert status == 200, f"GET {path} → {status}"
+        return body
+
+    def post_json(self, path: str, payload: Any = None) -> tuple[int, Any]:
+        body = b"" if payload is None else json.dumps(payload).encode()
+        status, answer = self.request("POST", path, body)
+        try:
+            return status, json.loads(answer)
+        except ValueError:
+            return status, answer
+
+    def store_http(self, dicom: bytes) -> dict[str, Any]:
+        status, answer = self.request("POST", "/instances", dicom)
+        assert status == 200, f"POST /instances → {status}: {answer[:300]!r}"
+        return json.loads(answer)
+
+    def store_cstore(self, files: Sequence[Path], calling_aet: str = "MODALITY") -> subprocess.CompletedProcess:
+        """C-STORE with DCMTK's storescu, as a modality would."""
+        command = ["storescu", "-aet", calling_aet, "-aec", self.aet, "-R", "127.0.0.1", str(self.dicom_port),
+                   *map(str, files)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, TCP_NODELAY="1"))
+
+    def status(self) -> dict[str, Any]:
+        return self.get("/ai/status")
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"timed out after {timeout} s waiting for {what}; status: {self.status()}")
+
+    def wait_idle(self, expected_outcomes: int, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until the plugin has an outcome for `expected_outcomes` instances and nothing is queued."""
+        def done() -> bool:
+            s = self.status()
+            total = s["predicted"] + s["unchanged"] + s["skipped"] + s["failed"] + s["gone"]
+            return total >= expected_outcomes and s["queueLength"] == 0 and s["inProgress"] == 0
+        self.wait_until(done, timeout, f"{expected_outcomes} outcomes")
+        return self.status()
