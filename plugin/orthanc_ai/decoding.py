@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.pixels import apply_color_lut, pixel_array
 
 from .preprocessing import PixelAttributes
@@ -67,6 +68,7 @@ def read_header(dicom: bytes, max_frame_pixels: int) -> InstanceHeader:
     except Exception as error:  # pydicom raises many kinds on damaged files
         raise InstanceSkipped(f"unreadable DICOM: {error.__class__.__name__}: {error}") from error
 
+    _complete_transfer_syntax(dataset)
     modality = header["Modality"].upper()
     if not any(tag in dataset for tag in PIXEL_DATA_TAGS):
         raise InstanceSkipped(f"no pixel data (Modality {modality or 'absent'}, SOP class {header['SOPClassUID']})")
@@ -109,24 +111,54 @@ def read_header(dicom: bytes, max_frame_pixels: int) -> InstanceHeader:
     )
 
 
-def decode_analysed_frame(instance: InstanceHeader) -> np.ndarray:
-    """Decode the analysed frame: (rows, columns) stored values, or (rows, columns, 3) RGB."""
+def decode_analysed_frame(
+    instance: InstanceHeader, fallback: Optional[Callable[[int], np.ndarray]] = None
+) -> np.ndarray:
+    """Decode the analysed frame: (rows, columns) stored values, or (rows, columns, 3) RGB.
+
+    pydicom decodes first; where it cannot (e.g. 12-bit JPEG Extended, which
+    pylibjpeg refuses), ``fallback`` (Orthanc's own DCMTK decoder) is tried.
+    """
     dataset = instance.dataset
     index = instance.analysed_frame_index
     try:
         frame = pixel_array(dataset, index=index if instance.frames > 1 else None)
         if instance.pixels.photometric == "PALETTE COLOR":
             frame = apply_color_lut(frame, dataset)
-    except (NotImplementedError, RuntimeError, ImportError) as error:
-        syntax = _transfer_syntax(dataset)
-        raise InstanceSkipped(f"cannot decode transfer syntax {syntax}: {error}") from error
     except Exception as error:
-        raise InstanceSkipped(f"pixel data cannot be decoded: {error.__class__.__name__}: {error}") from error
+        frame = _decode_with_fallback(instance, fallback, error)
     frame = np.asarray(frame)
     colour = instance.samples_per_pixel == 3 or instance.pixels.photometric == "PALETTE COLOR"
     if frame.ndim != (3 if colour else 2):
         raise InstanceSkipped(f"decoded pixel array has unexpected shape {frame.shape}")
     return frame
+
+
+def _complete_transfer_syntax(dataset: Dataset) -> None:
+    """A file stored without meta information (allowed by Orthanc) gets the syntax pydicom detected."""
+    meta = dataset.file_meta
+    if "TransferSyntaxUID" in meta:
+        return
+    implicit, little_endian = dataset.original_encoding
+    if implicit:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
+
+
+def _decode_with_fallback(
+    instance: InstanceHeader, fallback: Optional[Callable[[int], np.ndarray]], error: Exception
+) -> np.ndarray:
+    reason = f"{error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if fallback is None or instance.pixels.photometric == "PALETTE COLOR":
+        raise InstanceSkipped(f"cannot decode transfer syntax {_transfer_syntax(instance.dataset)}: {reason}") from error
+    try:
+        return fallback(instance.analysed_frame_index)
+    except Exception as second:
+        raise InstanceSkipped(
+            f"cannot decode transfer syntax {_transfer_syntax(instance.dataset)}: pydicom: {reason}; "
+            f"Orthanc: {second.__class__.__name__}: {second}"
+        ) from second
 
 
 def _transfer_syntax(dataset: Dataset) -> str:

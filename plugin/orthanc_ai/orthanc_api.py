@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import numpy as np
+
 
 class ResourceNotFound(LookupError):
     """The instance, series or study does not exist (or was deleted meanwhile)."""
@@ -25,6 +27,9 @@ class OrthancApi(Protocol):
 
     def set_instance_metadata(self, instance_id: str, name: str, value: str) -> None:
         """PUT /instances/{id}/metadata/{name}."""
+
+    def decode_frame(self, dicom: bytes, frame_index: int) -> np.ndarray:
+        """One frame decoded by Orthanc's own decoders: stored values (H, W) or RGB (H, W, 3)."""
 
     def child_instances(self, level: str, resource_id: str) -> list[str]:
         """Orthanc ids of the instances of a series or study (level 'series' or 'studies')."""

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import orthanc
 
 from . import rest_api
@@ -20,6 +21,14 @@ from .service import PluginService
 log = logging.getLogger("orthanc_ai")
 ORTHANC_ID = r"([0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8})"
 _service: PluginService | None = None
+_PIXEL_FORMATS = {
+    orthanc.PixelFormat.GRAYSCALE8: (np.uint8, 1),
+    orthanc.PixelFormat.GRAYSCALE16: (np.uint16, 1),
+    orthanc.PixelFormat.SIGNED_GRAYSCALE16: (np.int16, 1),
+    orthanc.PixelFormat.GRAYSCALE32: (np.uint32, 1),
+    orthanc.PixelFormat.RGB24: (np.uint8, 3),
+    orthanc.PixelFormat.RGB48: (np.uint16, 3),
+}
 
 
 class OrthancRestApi:
@@ -36,6 +45,18 @@ class OrthancRestApi:
 
     def set_instance_metadata(self, instance_id: str, name: str, value: str) -> None:
         _call(orthanc.RestApiPut, f"/instances/{instance_id}/metadata/{name}", value.encode("utf-8"))
+
+    def decode_frame(self, dicom: bytes, frame_index: int) -> np.ndarray:
+        image = orthanc.DecodeDicomImage(dicom, frame_index)
+        pixel_format = image.GetImagePixelFormat()
+        if pixel_format not in _PIXEL_FORMATS:
+            raise ValueError(f"Orthanc decoded the frame to unsupported pixel format {pixel_format}")
+        dtype, channels = _PIXEL_FORMATS[pixel_format]
+        width, height, pitch = image.GetImageWidth(), image.GetImageHeight(), image.GetImagePitch()
+        row_items = pitch // np.dtype(dtype).itemsize
+        rows = np.frombuffer(image.GetImageBuffer(), dtype=dtype).reshape(height, row_items)
+        frame = rows[:, : width * channels]
+        return frame.reshape(height, width, channels) if channels > 1 else frame.copy()
 
     def child_instances(self, level: str, resource_id: str) -> list[str]:
         answer = json.loads(_call(orthanc.RestApiGet, f"/{level}/{resource_id}/instances"))

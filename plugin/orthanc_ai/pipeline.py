@@ -97,7 +97,7 @@ class PredictionPipeline:
 
         metadata = self.api.instance_metadata(instance_id)
         provenance = self._provenance(metadata, len(original))
-        frame = decode_analysed_frame(instance)
+        frame = decode_analysed_frame(instance, fallback=lambda index: self.api.decode_frame(original, index))
         results = [
             model.predict(
                 frame,

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from typing import Any, Optional, Sequence
 
+from pydicom.datadict import add_private_dict_entries
 from pydicom.dataset import Dataset, PrivateBlock
 
 GROUP = 0x0055
@@ -163,8 +165,19 @@ def _slot_for(block: PrivateBlock, model: str) -> int:
     return free
 
 
+@lru_cache(maxsize=8)
+def register_with_pydicom(creator: str) -> None:
+    """Teach pydicom our VRs, which an Implicit VR Little Endian file does not carry."""
+    entries = {
+        (GROUP << 16) | low: (field.vr, field.vm, _keyword(field, slot), "")
+        for low, field, slot in all_fields()
+    }
+    add_private_dict_entries(creator, entries)
+
+
 def read_results(dataset: Dataset, creator: str) -> list[ModelResult]:
     """Every model result stored in our block; an absent block gives an empty list."""
+    register_with_pydicom(creator)
     try:
         block = dataset.private_block(GROUP, creator)
     except KeyError:

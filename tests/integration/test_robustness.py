@@ -1,0 +1,66 @@
+"""Every real-world file of ../shared/data/dicom-robustness: Orthanc stays up, each instance is predicted or skipped with a reason."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
+from orthanc_ai.private_tags import GROUP, read_results
+from tests.support.dicom_files import read, shared_data
+
+# Orthanc 1.10.1 itself (DCMTK's parser) dies with SIGSEGV on this file, with no plugin loaded at all
+# (reproduced with an empty "Plugins" list); the file is a regression test for a later Orthanc fix.
+CRASHES_ORTHANC_ITSELF = {"2026-05-06-Deeply-Nested-Sequence.dcm"}
+
+
+def test_every_robustness_file_is_predicted_or_skipped_and_none_lost(orthanc):
+    folder = shared_data("dicom-robustness/orthanc-tests")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in CRASHES_ORTHANC_ITSELF)
+    assert len(files) >= 60
+
+    accepted: dict[str, str] = {}  # Orthanc id → file
+    refused = []
+    originals: dict[str, bytes] = {}
+    for path in files:
+        status, answer = orthanc.request("POST", "/instances", path.read_bytes())
+        if status == 200:
+            for item in json.loads(answer) if answer.startswith(b"[") else [json.loads(answer)]:
+                accepted[item["ID"]] = path.name
+                originals[item["ID"]] = orthanc.get_bytes(f"/instances/{item['ID']}/file")
+        else:
+            refused.append(path.name)  # Orthanc itself refuses some (e.g. DICOMDIR, no SOP UID)
+        assert orthanc.alive, f"Orthanc died after {path}:\n{orthanc.log_tail()}"
+
+    orthanc.wait_until(
+        lambda: all("AIStatus" in orthanc.get(f"/instances/{i}/metadata") for i in accepted), 300,
+        "an AIStatus on every instance",
+    )
+    assert orthanc.alive
+    states: dict[str, list[str]] = {"predicted": [], "skipped": [], "failed": []}
+    for instance_id, name in accepted.items():
+        status = json.loads(orthanc.get_bytes(f"/instances/{instance_id}/metadata/AIStatus"))
+        states[status["state"]].append(f"{name}: {status['reason']}")
+        assert status["state"] != "skipped" or status["reason"], name
+        if status["state"] != "predicted":
+            # Skipped or failed: the original is untouched, byte for byte.
+            assert orthanc.get_bytes(f"/instances/{instance_id}/file") == originals[instance_id], name
+        else:
+            stored = read(orthanc.get_bytes(f"/instances/{instance_id}/file"))
+            assert read_results(stored, DEFAULT_PRIVATE_CREATOR), name
+            original = read(originals[instance_id])
+            assert stored.get("PixelData") == original.get("PixelData"), name
+    # None lost: every accepted instance is still there.
+    assert sorted(orthanc.get("/instances")) == sorted(accepted)
+    print(f"\n{len(accepted)} stored, {len(refused)} refused by Orthanc: {refused}")
+    for state, lines in states.items():
+        print(f"{state}: {len(lines)}")
+        for line in sorted(lines):
+            print("   ", line)
+    assert not states["failed"], states["failed"]
+    # The decoders cover the compressed transfer syntaxes: these real images must be predicted.
+    predicted = " ".join(states["predicted"])
+    for expected in ("1.2.840.10008.1.2.4.50.dcm", "1.2.840.10008.1.2.4.51.dcm", "1.2.840.10008.1.2.4.70.dcm", "1.2.840.10008.1.2.4.80.dcm",
+                     "1.2.840.10008.1.2.4.90.dcm", "1.2.840.10008.1.2.4.91.dcm", "1.2.840.10008.1.2.5.dcm",
+                     "1.2.840.10008.1.2.2.dcm", "1.2.840.10008.1.2.1.99.dcm", "Monochrome1-Jpeg.dcm"):
+        assert expected in predicted, f"{expected} not predicted"

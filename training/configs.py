@@ -1,0 +1,122 @@
+"""The three shipped models: classes, data, preprocessing choices and training settings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import data as D
+
+CT_AUGMENT = {
+    "rotate": 10.0, "scale": 0.10, "translate": 0.06, "hflip": 0.5, "squeeze_p": 0.25,
+    "contrast": 0.15, "brightness": 0.06, "gamma": 0.15,
+}
+XRAY_AUGMENT = {
+    "rotate": 12.0, "scale": 0.12, "translate": 0.08, "hflip": 0.5, "squeeze_p": 0.0,
+    "contrast": 0.25, "brightness": 0.08, "gamma": 0.25,
+}
+TRAIN = {"width": 24, "dropout": 0.3, "batch": 32, "lr": 3e-3, "weight_decay": 5e-4, "label_smoothing": 0.0,
+         "class_weight_power": 0.5}
+
+LUNG_APPLIES_TO = {"Modality": ["CT"], "BodyPartExamined": ["CHEST", "LUNG", "THORAX", None]}
+CT_WINDOW = {"center": -600, "width": 1500}
+
+IQ_DATASET = {
+    "name": "IQ-OTH/NCCD lung cancer dataset (Kaggle release, 1,097 slices)",
+    "licence": "No licence file in the source repository; not verified offline (see the Kaggle/Mendeley page). Treat as research-only.",
+    "citation": "Alyasriy H., Muayed A. The IQ-OTH/NCCD lung cancer dataset. Mendeley Data, 2020 (DOI believed to be 10.17632/bhmdr45bh2, unverified).",
+    "source": "GitHub Yusshiro/IQ-OTHNCCD-lung-cancer-detection (commit 4cbd7c9), byte-identical copy of the Kaggle files",
+}
+CHEST_CT_DATASET = {
+    "name": "Chest CT-Scan images (Kaggle mohamedhanyyy), 944 of 1,000 images",
+    "licence": "None stated in the data; assembled from web sources; treat as research-only.",
+    "citation": "kaggle.com/datasets/mohamedhanyyy/chest-ctscan-images (via GitHub MohammadAminDHM/Chest-Cancer-Detection-With-Chest-CT-Scan)",
+}
+
+PAD_REASON = (
+    "resize='pad': the slice is centred on a black square before resizing, so anatomy keeps its proportions "
+    "(real CT slices are 512x512 and are unaffected either way). In IQ-OTH/NCCD every non-square image "
+    "(623x512, 801x512, 511x404) but one is Malignant, so padding shows black bands only on Malignant images: "
+    "a shortcut. 'stretch' would not remove it (the body then looks narrower, still a Malignant-only cue). "
+    "The training augmentation therefore squeezes 25% of all training slices vertically into black bands "
+    "(factor 0.62-0.95, every class alike), so bands carry no class information; the report gives test "
+    "figures on square images only as a check."
+)
+
+MODELS = {
+    "lung-ct-3": {
+        "title": "Lung CT pathology (3 classes)",
+        "classes": ["Benign", "Malignant", "Normal"],
+        "size": 160,
+        "resize": "pad",
+        "ct_window": CT_WINDOW,
+        "applies_to": LUNG_APPLIES_TO,
+        "augment": CT_AUGMENT,
+        "epochs": 40,
+        "paper_epochs": 25,
+        "resize_reason": PAD_REASON,
+        "datasets": [IQ_DATASET],
+    },
+    "lung-ct-6": {
+        "title": "Lung CT pathology (6 classes, IQ-OTH/NCCD + Chest CT-Scan images)",
+        "classes": ["Adenocarcinoma", "Benign", "Large_Cell_Carcinoma", "Malignant", "Normal", "Squamous_Cell_Carcinoma"],
+        "size": 160,
+        "resize": "pad",
+        "ct_window": CT_WINDOW,
+        "applies_to": LUNG_APPLIES_TO,
+        "augment": CT_AUGMENT,
+        "epochs": 40,
+        "paper_epochs": 20,
+        "resize_reason": PAD_REASON + " The Chest CT-Scan images are about 400x270 (normal about 600x480), so they are "
+                         "padded too; their size difference is a source cue the augmentation also blurs.",
+        "datasets": [IQ_DATASET, CHEST_CT_DATASET],
+    },
+    "xray-bodypart": {
+        "title": "X-ray body-part router (adult chest / pediatric chest / spine / other)",
+        "classes": ["adult-chest", "pediatric-chest", "spine", "other"],
+        "size": 128,
+        "resize": "stretch",
+        "ct_window": None,
+        "applies_to": {"Modality": ["CR", "DX"]},
+        "augment": XRAY_AUGMENT,
+        "epochs": 30,
+        "paper_epochs": 15,
+        "resize_reason": (
+            "resize='stretch': the Kermany pediatric images were already stretched to 224x224 by the publisher of the "
+            "copy, so 'pad' would make 'square without bands' a pediatric-only cue, while stretching every film to the "
+            "square input gives real (non-square) pediatric films the same geometry as the training ones. "
+            "The knee crops are square as well; other classes keep their original aspect ratio until this step."
+        ),
+        "datasets": [
+            {"name": "xray-bodypart (adult chest: ieee8023 COVID set fork, Actualmed, Figure1; spine: AdamSkog/khalidAgnaber; "
+                     "knee: KneeOA ClaheDataset224; upper limb: Roboflow bone-fracture-detection)",
+             "licence": "Mixed per source (CC BY-NC-SA / CC BY / research-only / unknown / CC BY 4.0 for the Roboflow export); "
+                        "see /work/shared/data/README.md section 5. Do not redistribute the images.",
+             "citation": "Cohen et al., arXiv:2006.11988 (COVID chest X-ray set); others as listed in the data README"},
+            {"name": "Kermany pediatric chest X-ray, 224x224 subset (1,824 images)",
+             "licence": "CC BY 4.0",
+             "citation": "Kermany et al. 2018, Mendeley Data doi 10.17632/rscbjbr9sj"},
+        ],
+    },
+}
+
+
+def load_items(name: str, root: Path) -> list[D.Item]:
+    classes = MODELS[name]["classes"]
+    if name == "lung-ct-3":
+        return D.iq_items(classes, root)
+    if name == "lung-ct-6":
+        return D.iq_items(classes, root) + D.chest_ct_items(classes, root)
+    if name == "xray-bodypart":
+        return D.bodypart_items(classes, root) + D.kermany_items(classes.index("pediatric-chest"), root)
+    raise KeyError(name)
+
+
+def card_stub(name: str) -> dict:
+    """The parts of model.json that the preprocessing needs (input + preprocessing)."""
+    cfg = MODELS[name]
+    pre = {"resize": cfg["resize"], "normalize": {"mean": 0.5, "std": 0.25}}
+    if cfg["ct_window"]:
+        pre["ct_window"] = dict(cfg["ct_window"])
+    return {
+        "input": {"name": "input", "channels": 1, "height": cfg["size"], "width": cfg["size"], "layout": "NCHW", "dtype": "float32"},
+        "preprocessing": pre,
+    }

@@ -1,0 +1,59 @@
+"""A compact plain CNN (9 convolutions with batch norm), written in plain torch."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class PlainCNN(nn.Module):
+    """conv(s2) → conv(s2) → conv → pool → 2 × [conv, conv, pool] minus the last pool → 1x1 conv → GAP → linear.
+
+    Nine convolutions; ``width`` scales the channel counts.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 24, dropout: float = 0.3):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            conv_bn(in_channels, w, stride=2),
+            conv_bn(w, 2 * w, stride=2),
+            conv_bn(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            conv_bn(2 * w, 4 * w),
+            conv_bn(4 * w, 4 * w),
+            nn.MaxPool2d(2),
+            conv_bn(4 * w, 8 * w),
+            conv_bn(8 * w, 8 * w),
+            conv_bn(8 * w, 12 * w, kernel=1),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(12 * w, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = torch.flatten(self.pool(x), 1)
+        return self.head(self.dropout(x))
+
+
+class WithTemperature(nn.Module):
+    """Divides the logits by a fitted temperature (folded into the exported graph)."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model = model
+        self.register_buffer("inv_t", torch.tensor(1.0 / temperature, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.inv_t

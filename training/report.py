@@ -1,0 +1,132 @@
+"""REPORT.md writer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import configs
+
+TARGETS = {
+    "lung-ct-3": {"paper_protocol": {"micro_accuracy": (">=", 0.97), "macro_accuracy": (">=", 0.95), "log_loss": ("<=", 0.11)},
+                  "leakage_free": {"micro_accuracy": (">=", 0.82), "macro_accuracy": (">=", 0.75)}},
+    "lung-ct-6": {"paper_protocol": {"micro_accuracy": (">=", 0.93), "macro_accuracy": (">=", 0.88)},
+                  "leakage_free": {}},
+    "xray-bodypart": {"paper_protocol": {}, "leakage_free": {"macro_f1": (">=", 0.98)}},
+}
+
+
+def _f(v, digits=4):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _ci(m, key):
+    ci = m.get("ci95", {}).get(key)
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+
+
+def _per_class_table(m: dict, classes: list[str]) -> list[str]:
+    lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for c in classes:
+        pc = m["per_class"][c]
+        lines.append(f"| {c} | {_f(pc['precision'], 3)} | {_f(pc['recall'], 3)} | {_f(pc['f1'], 3)} | {pc['support']} |")
+    return lines
+
+
+def _confusion_table(m: dict, classes: list[str]) -> list[str]:
+    lines = ["| true \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    for c, row in zip(classes, m["confusion_matrix"]):
+        lines.append(f"| **{c}** | " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+def _target_lines(name: str, lf: dict, paper_summary: dict) -> list[str]:
+    lines = ["| protocol | metric | target | measured | met? |", "|---|---|---|---|---|"]
+    for proto, targets in TARGETS[name].items():
+        for key, (op, value) in targets.items():
+            if proto == "leakage_free":
+                got = lf[key]
+            else:
+                got = paper_summary.get(key, {}).get("mean") if paper_summary else None
+            ok = None if got is None else (got >= value if op == ">=" else got <= value)
+            shown = _f(got) + (" (mean of seeds)" if proto == "paper_protocol" and got is not None else "")
+            lines.append(f"| {proto.replace('_', ' ')} | {key} | {op} {value} | {shown} | {'n/a' if ok is None else ('yes' if ok else '**no**')} |")
+    if len(lines) == 2:
+        lines.append("| - | - | (report only) | - | - |")
+    return lines
+
+
+def write_report(out: Path, name, cfg, card, lf, lf_val, lf_uncal, extra, paper, paper_summary, res, group_stats,
+                 split_counts, epochs, paper_epochs, wall) -> None:
+    classes = cfg["classes"]
+    L: list[str] = []
+    L += [f"# {name}: {cfg['title']}", "",
+          "Intended use: research and decision support only; **not for clinical diagnosis**.", "",
+          "Reproduce (from the repository root, retrains both protocols and rewrites this folder):", "",
+          "```", f".venv-train/bin/python -m training {name}", "```", "",
+          f"Wall time of the run that wrote this report: {wall / 60:.1f} min on the 2-core build machine "
+          "(runs resume from `training/.cache/runs/`, so a resumed run reports only its own time).", ""]
+
+    L += ["## 1. Leakage-free protocol (headline; this is the shipped `model.onnx`)", "",
+          f"Grouped stratified split (train/val/test = {split_counts and ', '.join(f'{p} {sum(v)}' for p, v in split_counts.items())} images). "
+          "Exact duplicates, perceptual near-duplicates and patient proxies are grouped and never cross parts "
+          f"({group_stats['groups']} groups for {group_stats['images']} images; {group_stats['exact_duplicate_copies']} exact duplicate copies; "
+          f"{group_stats['near_duplicate_pairs']} near-duplicate pairs, {group_stats['near_duplicate_pairs_across_classes']} of them across classes; "
+          f"largest group {group_stats['largest_group']} images). "
+          f"The checkpoint was chosen on the validation part (epoch {res['best_epoch']} of {epochs}, best validation macro-F1) and the "
+          f"temperature T = {res['temperature']:.3f} fitted on the validation log-loss is folded into the exported logits. "
+          "The test part was used once, for the figures below. Figures are from onnxruntime on the exported file.", "",
+          "| metric | test value | 95% bootstrap CI (10,000 resamples) |", "|---|---|---|"]
+    for key, label in (("micro_accuracy", "micro accuracy"), ("macro_accuracy", "macro accuracy (mean per-class recall)"),
+                       ("macro_f1", "macro F1"), ("log_loss", "log-loss"), ("log_loss_reduction", "log-loss reduction vs training prior")):
+        L.append(f"| {label} | {_f(lf[key])} | {_ci(lf, key)} |")
+    L += [f"| test images | {lf['test_images']} | |", "",
+          f"Prior log-loss (always predicting the training class frequencies): {_f(lf['prior_log_loss'])}. "
+          f"Without the temperature: log-loss {_f(lf_uncal['log_loss'])}, micro accuracy {_f(lf_uncal['micro_accuracy'])}. "
+          f"Validation part: micro {_f(lf_val['micro_accuracy'])}, macro {_f(lf_val['macro_accuracy'])}, log-loss {_f(lf_val['log_loss'])}.", ""]
+    L += _per_class_table(lf, classes) + [""] + _confusion_table(lf, classes) + [""]
+    L += ["![confusion matrix, leakage-free test](confusion_leakage_free.png)", "",
+          "![training curves](training_curves.png)", "",
+          "Training curves: the training loss/accuracy are measured on augmented batches (with dropout), the validation ones "
+          "on the untouched validation part.", ""]
+    if extra:
+        L += ["### Subsets of the leakage-free test part", "", "| subset | images | micro acc | macro acc | macro F1 |", "|---|---|---|---|---|"]
+        for label, m in extra.items():
+            L.append(f"| {label} | {m['test_images']} | {_f(m['micro_accuracy'])} | {_f(m['macro_accuracy'])} | {_f(m['macro_f1'])} |")
+        L.append("")
+
+    L += ["## 2. Paper protocol (image-level stratified 70/30, repeated)", ""]
+    if paper:
+        ps = paper_summary
+        L += [f"{ps['seeds']} seeds (0..{ps['seeds'] - 1}); each trains a fresh model for {paper_epochs} epochs "
+              f"(the shipped model had {epochs} epochs with validation-based checkpoint choice; the repeats use fewer epochs "
+              "to fit the time budget, and keep the last epoch with T = 1 because this protocol has no validation part). "
+              "Near-duplicate slices of one patient land on both sides of such a split, so these figures are optimistic "
+              "and are given only for comparison with published results.", "",
+              "| metric | mean | sd | best |", "|---|---|---|---|"]
+        for key in ("micro_accuracy", "macro_accuracy", "macro_f1", "log_loss", "log_loss_reduction"):
+            L.append(f"| {key} | {_f(ps[key]['mean'])} | {_f(ps[key]['sd'])} | {_f(ps[key]['best'])} |")
+        L += ["", "| seed | micro acc | macro acc | macro F1 | log-loss | test images |", "|---|---|---|---|---|---|"]
+        for m in paper:
+            L.append(f"| {m['seed']} | {_f(m['micro_accuracy'])} | {_f(m['macro_accuracy'])} | {_f(m['macro_f1'])} | {_f(m['log_loss'])} | {m['test_images']} |")
+        best = max(paper, key=lambda m: m["micro_accuracy"])
+        L += ["", f"Best seed ({best['seed']}):", ""] + _per_class_table(best, classes) + ["",
+              "![confusion matrix, paper protocol best seed](confusion_paper_best.png)", ""]
+    else:
+        L += ["Not run for this report (run `python -m training " + name + "` without `--paper-seeds 0`).", ""]
+
+    L += ["## 3. Targets", ""] + _target_lines(name, lf, paper_summary) + [""]
+
+    L += ["## 4. Model and preprocessing", "",
+          f"* Input {cfg['size']}x{cfg['size']}x1 `input` (dynamic batch), output `logits` ({len(classes)} classes, order {classes}); "
+          f"opset 17; {card['file_size_bytes']:,} bytes; {card['latency_ms_batch1_1thread']:.2f} ms/image at batch 1 with one "
+          "onnxruntime thread (median, `bench/bench_models.py`).",
+          f"* {card['architecture']}; AdamW, one-cycle learning rate {configs.TRAIN['lr']}, batch {configs.TRAIN['batch']}, "
+          "class weights (inverse frequency)^0.5, augmentation on the preprocessed tensors (affine, flip, contrast/brightness/gamma"
+          + (", vertical squeeze with black bands" if cfg["augment"].get("squeeze_p") else "") + f"): `{cfg['augment']}`.",
+          f"* Preprocessing (plugin's `plugin/orthanc_ai/preprocessing.py`, one implementation for training and serving): {card['preprocessing']['description']}",
+          ""]
+    L += ["## 5. Data", "", f"* {card['dataset']['name']}", f"* Licence: {card['dataset']['licence']}",
+          f"* Citation: {card['dataset']['citation']}", f"* Images per class: {card['dataset']['per_class']}", "",
+          "Limitations:", ""] + [f"* {x}" for x in card["limitations"]] + [""]
+    L += ["The leakage-free test images are listed in `test_split.json` (paths relative to `../shared/data`); "
+          "`tests/test_model_accuracy.py` re-runs them through the plugin preprocessing and `model.onnx`.", ""]
+    (out / "REPORT.md").write_text("\n".join(L))
