@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+# numpy's BLAS threads fight torch's for the two cores (the tensor cache then takes minutes)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from .configs import MODELS
 

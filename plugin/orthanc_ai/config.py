@@ -58,6 +58,8 @@ _KEYS: dict[str, tuple[str, type]] = {
     "VirtualEnv": ("", str),
 }
 
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", str: "a string", list: "a list", dict: "a JSON object"}
+
 
 def parse_config(orthanc_configuration: Mapping[str, Any], config_directory: Path) -> PluginConfig:
     """Read the ``OrthancAI`` section; relative paths are taken from ``config_directory``."""
@@ -75,7 +77,7 @@ def parse_config(orthanc_configuration: Mapping[str, Any], config_directory: Pat
         value = section[key]
         # JSON has no separate bool type check in Python: True is an int.
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigurationError(f'"{SECTION}.{key}" must be a {expected.__name__}, not {value!r}')
+            raise ConfigurationError(f'"{SECTION}.{key}" must be {_TYPE_NAMES[expected]}, not {value!r}')
         values[attribute] = value
 
     if "models_directory" in values:
