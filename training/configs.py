@@ -14,7 +14,13 @@ XRAY_AUGMENT = {
     "contrast": 0.25, "brightness": 0.08, "gamma": 0.25,
 }
 TRAIN = {"width": 24, "dropout": 0.3, "batch": 32, "lr": 3e-3, "weight_decay": 5e-4, "label_smoothing": 0.0,
-         "class_weight_power": 0.5}
+         "class_weight_power": 0.5, "ema": 0.98}
+
+
+def train_config(name: str) -> dict:
+    """TRAIN with the model's own overrides, plus its augmentation."""
+    cfg = MODELS[name]
+    return dict(TRAIN, **cfg.get("train", {}), augment=cfg["augment"])
 
 LUNG_APPLIES_TO = {"Modality": ["CT"], "BodyPartExamined": ["CHEST", "LUNG", "THORAX", None]}
 CT_WINDOW = {"center": -600, "width": 1500}

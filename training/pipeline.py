@@ -76,7 +76,7 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     runs = D.CACHE_DIR / "runs" / name
     epochs = epochs or cfg["epochs"]
     paper_epochs = paper_epochs or cfg["paper_epochs"]
-    train_cfg = dict(configs.TRAIN, augment=cfg["augment"])
+    train_cfg = configs.train_config(name)
     t_start = time.time()
 
     print(f"[{name}] listing images and grouping duplicates / patients", flush=True)
@@ -167,7 +167,7 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
                        f"{name}: paper protocol, best seed {best['seed']} (n={best['test_images']})")
 
     wall = time.time() - t_start
-    card = _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, group_stats, split_counts)
+    card = _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, group_stats, split_counts, train_cfg)
     (out / "model.json").write_text(json.dumps(card, indent=1) + "\n")
     from .report import write_report
     write_report(out, name, cfg, card, lf, lf_val, lf_uncal, extra, paper, paper_summary, res, group_stats,
@@ -193,7 +193,7 @@ def _summarise_paper(paper: list[dict], paper_epochs: int) -> dict:
     return out
 
 
-def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, group_stats, split_counts) -> dict:
+def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, group_stats, split_counts, train_cfg) -> dict:
     classes = cfg["classes"]
     pre = dict(stub["preprocessing"])
     window = "" if not cfg["ct_window"] else (
@@ -230,7 +230,8 @@ def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, 
                       f"{group_stats['groups']} groups (exact + near duplicates + patient proxies); per class "
                       f"{ {p: dict(zip(classes, v)) for p, v in split_counts.items()} }"),
         },
-        "architecture": f"plain CNN, 9 convolutions with batch norm, width {configs.TRAIN['width']}, trained from scratch",
+        "architecture": f"plain CNN, 9 convolutions with batch norm, width {train_cfg['width']}, trained from scratch",
+        "training": {k: v for k, v in train_cfg.items() if k != "augment"} | {"epochs": res["epochs"], "best_epoch": res["best_epoch"]},
         "intended_use": "For research and decision support only; not for clinical diagnosis.",
         "limitations": limitations,
         "metrics": {"leakage_free": lf_card, "paper_protocol": paper_summary},

@@ -119,8 +119,8 @@ def write_report(out: Path, name, cfg, card, lf, lf_val, lf_uncal, extra, paper,
           f"* Input {cfg['size']}x{cfg['size']}x1 `input` (dynamic batch), output `logits` ({len(classes)} classes, order {classes}); "
           f"opset 17; {card['file_size_bytes']:,} bytes; {card['latency_ms_batch1_1thread']:.2f} ms/image at batch 1 with one "
           "onnxruntime thread (median, `bench/bench_models.py`).",
-          f"* {card['architecture']}; AdamW, one-cycle learning rate {configs.TRAIN['lr']}, batch {configs.TRAIN['batch']}, "
-          "class weights (inverse frequency)^0.5, augmentation on the preprocessed tensors (affine, flip, contrast/brightness/gamma"
+          f"* {card['architecture']}; AdamW, one-cycle schedule, settings `{card['training']}` "
+          "(class weights = (inverse frequency)^class_weight_power; ema = decay of the weight average used for evaluation), augmentation on the preprocessed tensors (affine, flip, contrast/brightness/gamma"
           + (", vertical squeeze with black bands" if cfg["augment"].get("squeeze_p") else "") + f"): `{cfg['augment']}`.",
           f"* Preprocessing (plugin's `plugin/orthanc_ai/preprocessing.py`, one implementation for training and serving): {card['preprocessing']['description']}",
           ""]

@@ -120,6 +120,8 @@ def train_run(
     counts = np.bincount(y[train_idx], minlength=k).astype(np.float64)
     weights = (counts.sum() / np.maximum(counts, 1)) ** cfg.get("class_weight_power", 0.5)
     weights = torch.tensor(weights / (weights * counts).sum() * counts.sum(), dtype=torch.float32)
+    ema_decay = cfg.get("ema", 0.0)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     history: list[dict] = []
     start_epoch = 0
     best = {"score": -1.0}
@@ -130,6 +132,7 @@ def train_run(
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         history, start_epoch, best = state["history"], state["epoch"], state["best"]
+        ema = state.get("ema", ema)
         print(f"{log_prefix}resuming at epoch {start_epoch + 1}/{epochs}", flush=True)
 
     gen = torch.Generator().manual_seed(seed * 1000 + start_epoch)
@@ -153,9 +156,21 @@ def train_run(
             loss.backward()
             opt.step()
             sched.step()
+            if ema_decay:
+                with torch.no_grad():
+                    for key, value in model.state_dict().items():
+                        if value.dtype.is_floating_point:
+                            ema[key].mul_(ema_decay).add_(value.detach(), alpha=1 - ema_decay)
+                        else:
+                            ema[key].copy_(value)
             tot_loss += float(loss.detach()) * len(idx)
             tot_correct += float((logits.argmax(1) == yb).sum())
         rec = {"epoch": epoch + 1, "train_loss": tot_loss / len(order), "train_acc": tot_correct / len(order), "lr": sched.get_last_lr()[0]}
+        # evaluation and checkpoints use the exponential moving average of the weights when enabled
+        eval_state = ema if ema_decay else model.state_dict()
+        if ema_decay:
+            live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(ema)
         if val_idx is not None and len(val_idx):
             vl = predict(model, x[val_idx])
             vy = y[val_idx]
@@ -166,9 +181,11 @@ def train_run(
         history.append(rec)
         if score >= best["score"]:
             best = {"score": score, "epoch": epoch + 1}
-            torch.save(model.state_dict(), run_dir / "best_tmp.pt")
+            torch.save(eval_state, run_dir / "best_tmp.pt")
             (run_dir / "best_tmp.pt").replace(run_dir / "best_candidate.pt")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+        if ema_decay:
+            model.load_state_dict(live)
+        torch.save({"model": model.state_dict(), "ema": ema, "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "history": history, "epoch": epoch + 1, "best": best}, run_dir / "last_tmp.pt")
         (run_dir / "last_tmp.pt").replace(ckpt)
         done = epoch + 1 - start_epoch

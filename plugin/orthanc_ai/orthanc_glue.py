@@ -16,6 +16,7 @@ import orthanc
 from . import rest_api
 from .config import ConfigurationError, check_orthanc_settings, parse_config
 from .orthanc_api import ResourceNotFound
+from .private_tags import EXTRA_DICTIONARY_BLOCKS, orthanc_dictionary
 from .service import PluginService
 
 log = logging.getLogger("orthanc_ai")
@@ -111,6 +112,7 @@ def register() -> None:
         orthanc.LogError(f"OrthancAI: configuration error: {error}")
         raise
 
+    _register_private_dictionary(configuration.get("Dictionary", {}), config.private_creator)
     _service = PluginService.create(config, OrthancRestApi())
     orthanc.RegisterOnChangeCallback(_on_change)
     _register_routes()
@@ -120,6 +122,19 @@ def register() -> None:
         "on" if config.auto_predict else "off",
         config.workers,
     )
+
+
+def _register_private_dictionary(declared: dict[str, Any], creator: str) -> None:
+    """Declare our tags to Orthanc (names and VRs instead of UN) for the blocks the configuration lacks."""
+    blocks = [0x10, *EXTRA_DICTIONARY_BLOCKS]
+    for block in blocks:
+        for tag, (vr, name, vm_min, vm_max, _) in orthanc_dictionary(creator, block).items():
+            if tag in declared:
+                continue
+            group, element = (int(part, 16) for part in tag.split(","))
+            orthanc.RegisterPrivateDictionaryTag(
+                group, element, getattr(orthanc.ValueRepresentation, vr), name, vm_min, vm_max, creator
+            )
 
 
 def _configuration_directory() -> Path:

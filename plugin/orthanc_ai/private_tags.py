@@ -255,12 +255,19 @@ def _keyword(field: Field, slot: int) -> str:
 
 
 def orthanc_dictionary(creator: str, block_byte: int = 0x10) -> dict[str, list[Any]]:
-    """Entries for Orthanc's ``"Dictionary"`` configuration option."""
+    """Entries for Orthanc's ``"Dictionary"`` configuration option, for one block."""
     entries = {}
     for low, field, slot in all_fields():
         vm_max = 0 if field.vm == "1-n" else 1  # Orthanc: 0 means unbounded
         entries[f"{GROUP:04x},{(block_byte << 8) | low:04x}"] = [field.vr, _keyword(field, slot), 1, vm_max, creator]
     return entries
+
+
+# Orthanc's dictionary (DCMTK's) matches private tags by their full element number,
+# so each block byte our creator may land on needs its own entries. 0x10 is the usual
+# one (orthanc.json); the plugin registers 0x11-0x1F itself for files where other
+# creators already hold the first slots.
+EXTRA_DICTIONARY_BLOCKS = range(0x11, 0x20)
 
 
 def markdown_dictionary(creator: str) -> str:
