@@ -117,8 +117,8 @@ def write_results(dataset: Dataset, creator: str, software: str, results: Sequen
     """Write each result into its model's slot, replacing that model's previous entries."""
     try:
         block = dataset.private_block(GROUP, creator, create=True)
-    except KeyError as error:
-        raise PrivateBlockFull(f"no free private creator slot in group 0055: {error}") from error
+    except (KeyError, StopIteration) as error:  # pydicom 3.0 raises StopIteration when 0x10-0xFF are all taken
+        raise PrivateBlockFull("no free private creator slot in (0055,0010-00FF)") from error
     _set(block, 0, HEADER_ELEMENTS[0], LAYOUT_VERSION)
     _set(block, 0, HEADER_ELEMENTS[1], software)
     _set(block, 0, HEADER_ELEMENTS[2], DISCLAIMER)

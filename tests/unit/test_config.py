@@ -1,0 +1,45 @@
+"""The "OrthancAI" configuration section: defaults, relative paths, clear errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orthanc_ai.config import ConfigurationError, check_orthanc_settings, parse_config
+
+
+def test_defaults_when_section_is_absent():
+    config = parse_config({}, Path("/etc/orthanc"))
+    assert config.auto_predict is True and config.workers == 2
+    assert config.models_directory.name == "models" and config.enabled_models is None
+
+
+def test_relative_models_directory_is_taken_from_the_configuration_folder():
+    config = parse_config({"OrthancAI": {"ModelsDirectory": "ai/models", "EnabledModels": ["a"]}}, Path("/etc/orthanc"))
+    assert config.models_directory == Path("/etc/orthanc/ai/models")
+    assert config.enabled_models == ("a",)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"Workerz": 2}, "unknown key(s) in \"OrthancAI\": Workerz"),
+    ({"Workers": True}, "\"OrthancAI.Workers\" must be a whole number"),
+    ({"Workers": 0}, "between 1 and 32"),
+    ({"AutoPredict": "yes"}, "must be true or false"),
+    ({"EnabledModels": [1]}, "list of model names"),
+    ({"PrivateCreator": "A\\B"}, "without backslash"),
+    ({"PrivateCreator": "x" * 65}, "1–64"),
+    ({"AppliesTo": {"m": {"Modality": "CT"}}}, "lists of accepted values"),
+    ({"MaxFramePixels": 10}, "at least 4096"),
+])
+def test_bad_values_name_the_key(section, message):
+    with pytest.raises(ConfigurationError) as error:
+        parse_config({"OrthancAI": section}, Path("."))
+    assert message in str(error.value)
+
+
+def test_orthanc_settings_the_plugin_needs():
+    problems = check_orthanc_settings({"OverwriteInstances": False, "UserMetadata": {"AIStatus": 4400}})
+    assert any("OverwriteInstances" in p for p in problems)
+    assert any("AIProvenance, AISourceFileName" in p for p in problems)
+    ok = {"OverwriteInstances": True, "UserMetadata": {"AIStatus": 1, "AIProvenance": 2, "AISourceFileName": 3}}
+    assert check_orthanc_settings(ok) == []
