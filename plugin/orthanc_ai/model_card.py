@@ -98,12 +98,17 @@ class ModelCard:
         if output_kind not in ("logits", "probabilities"):
             raise ModelCardError(f"output.kind must be 'logits' or 'probabilities', not {output_kind!r}")
         dataset = raw.get("dataset", {})
+        dataset_name = str(dataset.get("name", "")) if isinstance(dataset, Mapping) else str(dataset)
+        version = str(raw["version"])
+        for label, value in (("version", version), ("dataset.name", dataset_name)):
+            if len(value) > 64 or "\\" in value:
+                raise ModelCardError(f"{label} must fit a DICOM LO value (≤ 64 characters, no backslash)")
         return cls(
             name=name,
-            version=str(raw["version"]),
+            version=version,
             title=str(raw.get("title", name)),
             classes=classes,
-            dataset=str(dataset.get("name", "")) if isinstance(dataset, Mapping) else str(dataset),
+            dataset=dataset_name,
             preprocessing=Preprocessing.from_card(raw),
             applies_to=Applicability.from_json(raw.get("applies_to", {})),
             output_kind=output_kind,
