@@ -42,14 +42,18 @@ def synthetic_ct(seed: int = 0, rows: int = 64, columns: int = 64, study_uid: Op
     return to_bytes(ds)
 
 
-def secondary_capture(grey: np.ndarray, modality: str = "OT") -> bytes:
-    """An 8-bit MONOCHROME2 Secondary Capture of a grey image (uint8)."""
-    ds = _base(SECONDARY_CAPTURE, modality, None, None, 1)
-    ds.Rows, ds.Columns = grey.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+def secondary_capture(pixels: np.ndarray, modality: str = "OT", study_uid: Optional[str] = None,
+                      series_uid: Optional[str] = None, instance_number: int = 1) -> bytes:
+    """An 8-bit Secondary Capture of a grey (H, W) or RGB (H, W, 3) uint8 image."""
+    ds = _base(SECONDARY_CAPTURE, modality, study_uid, series_uid, instance_number)
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    colour = pixels.ndim == 3
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = (3, "RGB") if colour else (1, "MONOCHROME2")
+    if colour:
+        ds.PlanarConfiguration = 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.ConversionType = "WSD"
-    ds.PixelData = np.ascontiguousarray(grey, dtype=np.uint8).tobytes()
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
     return to_bytes(ds)
 
 
