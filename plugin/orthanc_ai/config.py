@@ -19,7 +19,10 @@ DEFAULT_MODELS_DIRECTORY = Path(__file__).resolve().parents[2] / "models"
 METADATA_STATUS = "AIStatus"
 METADATA_PROVENANCE = "AIProvenance"
 METADATA_SOURCE_FILE = "AISourceFileName"
-REQUIRED_USER_METADATA = (METADATA_STATUS, METADATA_PROVENANCE, METADATA_SOURCE_FILE)
+METADATA_CLAIM = "AIClaim"
+REQUIRED_USER_METADATA = (METADATA_STATUS, METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_CLAIM)
+# Orthanc global property (plugins use indexes ≥ 1024) holding the change-log checkpoint of each node.
+GLOBAL_PROPERTY_CHECKPOINT = 4410
 
 
 class ConfigurationError(ValueError):

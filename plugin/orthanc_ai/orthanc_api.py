@@ -15,6 +15,10 @@ class ResourceNotFound(LookupError):
     """The instance, series or study does not exist (or was deleted meanwhile)."""
 
 
+class MetadataConflict(RuntimeError):
+    """With "CheckRevisions": true, Orthanc refuses to create a metadata that already exists."""
+
+
 class OrthancApi(Protocol):
     def instance_file(self, instance_id: str) -> bytes:
         """The stored DICOM file (GET /instances/{id}/file)."""
@@ -26,10 +30,38 @@ class OrthancApi(Protocol):
         """All metadata of an instance, by name (GET /instances/{id}/metadata?expand)."""
 
     def set_instance_metadata(self, instance_id: str, name: str, value: str) -> None:
-        """PUT /instances/{id}/metadata/{name}."""
+        """PUT /instances/{id}/metadata/{name}; raises MetadataConflict (see there)."""
+
+    def claim_instance(self, instance_id: str, node: str) -> str:
+        """Create the AIClaim metadata with this node's name unless it exists; returns the holder."""
 
     def decode_frame(self, dicom: bytes, frame_index: int) -> np.ndarray:
         """One frame decoded by Orthanc's own decoders: stored values (H, W) or RGB (H, W, 3)."""
 
+    def last_change(self) -> int:
+        """Sequence number of the last entry of Orthanc's change log (GET /changes?last)."""
+
+    def changes(self, since: int, limit: int) -> dict:
+        """A page of Orthanc's change log: {"Changes": [...], "Done": bool, "Last": int}."""
+
+    def get_checkpoint(self) -> str:
+        """The plugin's change-log checkpoint (a global property in Orthanc's database), or ''."""
+
+    def set_checkpoint(self, value: str) -> None:
+        """Store the checkpoint."""
+
     def child_instances(self, level: str, resource_id: str) -> list[str]:
         """Orthanc ids of the instances of a series or study (level 'series' or 'studies')."""
+
+    # --- Orthanc Explorer: upload, labels -------------------------------------
+    def create_dicom(self, request: dict[str, Any]) -> dict[str, Any]:
+        """POST /tools/create-dicom (stores the new instance); returns Orthanc's answer (ID, Parent…)."""
+
+    def system(self) -> dict[str, Any]:
+        """GET /system (Version, ApiVersion, HasLabels …)."""
+
+    def instance_study(self, instance_id: str) -> str:
+        """Orthanc id of the study holding the instance."""
+
+    def add_study_label(self, study_id: str, label: str) -> None:
+        """PUT /studies/{id}/labels/{label} (Orthanc 1.12 and later)."""

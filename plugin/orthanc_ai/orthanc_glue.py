@@ -13,9 +13,9 @@ from typing import Any, Callable
 import numpy as np
 import orthanc
 
-from . import rest_api
-from .config import ConfigurationError, check_orthanc_settings, parse_config
-from .orthanc_api import ResourceNotFound
+from . import labels, rest_api
+from .config import GLOBAL_PROPERTY_CHECKPOINT, METADATA_CLAIM, ConfigurationError, check_orthanc_settings, parse_config
+from .orthanc_api import MetadataConflict, ResourceNotFound
 from .private_tags import EXTRA_DICTIONARY_BLOCKS, orthanc_dictionary
 from .service import PluginService
 
@@ -47,6 +47,13 @@ class OrthancRestApi:
     def set_instance_metadata(self, instance_id: str, name: str, value: str) -> None:
         _call(orthanc.RestApiPut, f"/instances/{instance_id}/metadata/{name}", value.encode("utf-8"))
 
+    def claim_instance(self, instance_id: str, node: str) -> str:
+        try:
+            self.set_instance_metadata(instance_id, METADATA_CLAIM, node)
+            return node
+        except MetadataConflict:
+            return self.instance_metadata(instance_id).get(METADATA_CLAIM, "")
+
     def decode_frame(self, dicom: bytes, frame_index: int) -> np.ndarray:
         image = orthanc.DecodeDicomImage(dicom, frame_index)
         pixel_format = image.GetImagePixelFormat()
@@ -59,9 +66,33 @@ class OrthancRestApi:
         frame = rows[:, : width * channels]
         return frame.reshape(height, width, channels) if channels > 1 else frame.copy()
 
+    def last_change(self) -> int:
+        return int(json.loads(_call(orthanc.RestApiGet, "/changes?last"))["Last"])
+
+    def changes(self, since: int, limit: int) -> dict:
+        return json.loads(_call(orthanc.RestApiGet, f"/changes?since={since}&limit={limit}"))
+
+    def get_checkpoint(self) -> str:
+        return orthanc.GetGlobalProperty(GLOBAL_PROPERTY_CHECKPOINT, "")
+
+    def set_checkpoint(self, value: str) -> None:
+        orthanc.SetGlobalProperty(GLOBAL_PROPERTY_CHECKPOINT, value)
+
     def child_instances(self, level: str, resource_id: str) -> list[str]:
         answer = json.loads(_call(orthanc.RestApiGet, f"/{level}/{resource_id}/instances"))
         return [item["ID"] for item in answer]
+
+    def create_dicom(self, request: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(_call(orthanc.RestApiPost, "/tools/create-dicom", json.dumps(request).encode("utf-8")))
+
+    def system(self) -> dict[str, Any]:
+        return json.loads(_call(orthanc.RestApiGet, "/system"))
+
+    def instance_study(self, instance_id: str) -> str:
+        return json.loads(_call(orthanc.RestApiGet, f"/instances/{instance_id}/study"))["ID"]
+
+    def add_study_label(self, study_id: str, label: str) -> None:
+        _call(orthanc.RestApiPut, f"/studies/{study_id}/labels/{label}", b"")
 
 
 def _call(function: Callable[..., bytes], uri: str, *body: bytes) -> bytes:
@@ -70,6 +101,8 @@ def _call(function: Callable[..., bytes], uri: str, *body: bytes) -> bytes:
     except orthanc.OrthancException as error:
         if _is_unknown_resource(error):
             raise ResourceNotFound(uri) from error
+        if orthanc.ErrorCode.REVISION in error.args:
+            raise MetadataConflict(uri) from error
         raise
 
 
@@ -113,15 +146,28 @@ def register() -> None:
         raise
 
     _register_private_dictionary(configuration.get("Dictionary", {}), config.private_creator)
-    _service = PluginService.create(config, OrthancRestApi())
+    _service = PluginService.create(config, OrthancRestApi(), node=str(configuration.get("Name", "Orthanc")))
     orthanc.RegisterOnChangeCallback(_on_change)
     _register_routes()
+    orthanc.ExtendOrthancExplorer(_explorer_javascript())
+    # Labels for Orthanc Explorer 2 where Orthanc has them (1.12+; checked at the first prediction).
+    _service.pipeline.on_predicted = labels.StudyLabeler(_service.api)
     log.warning(
         "ready: models %s, automatic prediction %s, %d worker(s)",
         ", ".join(_service.registry.models) or "none",
         "on" if config.auto_predict else "off",
         config.workers,
     )
+
+
+EXPLORER_DIRECTORY = Path(__file__).resolve().parent / "explorer"
+
+
+def _explorer_javascript() -> str:
+    """explorer/explorer.js, with explorer/explorer.css handed to it as a JSON string."""
+    script = (EXPLORER_DIRECTORY / "explorer.js").read_text(encoding="utf-8")
+    css = (EXPLORER_DIRECTORY / "explorer.css").read_text(encoding="utf-8")
+    return f"var ORTHANC_AI_CSS = {json.dumps(css)};\n{script}"
 
 
 def _register_private_dictionary(declared: dict[str, Any], creator: str) -> None:
@@ -150,9 +196,9 @@ def _on_change(change_type: int, level: int, resource_id: str) -> None:
     if change_type == orthanc.ChangeType.NEW_INSTANCE:
         service.queue.on_new_instance(resource_id, enqueue=service.config.auto_predict)
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
-        service.queue.start()
+        service.start()
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
-        service.queue.stop()
+        service.stop()
 
 
 def _register_routes() -> None:
@@ -167,6 +213,14 @@ def _register_routes() -> None:
          lambda s, groups, body: rest_api.predict_children(s, "series", groups[0], body)),
         (f"/ai/studies/{ORTHANC_ID}/predict", "POST",
          lambda s, groups, body: rest_api.predict_children(s, "studies", groups[0], body)),
+        # Orthanc Explorer
+        (f"/ai/instances/{ORTHANC_ID}/applicable", "GET",
+         lambda s, groups, body: rest_api.applicable_models(s, groups[0])),
+        (f"/ai/series/{ORTHANC_ID}/predictions", "GET",
+         lambda s, groups, body: rest_api.children_predictions(s, "series", groups[0])),
+        (f"/ai/studies/{ORTHANC_ID}/predictions", "GET",
+         lambda s, groups, body: rest_api.children_predictions(s, "studies", groups[0])),
+        ("/ai/upload", "POST", lambda s, groups, body: rest_api.upload_file(s, body)),
     ]
     for pattern, method, handler in routes:
         orthanc.RegisterRestCallback(pattern, _route(method, handler))

@@ -13,14 +13,14 @@ import json
 import logging
 import time
 from datetime import datetime
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from . import __version__
-from .config import METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
+from .config import METADATA_CLAIM, METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
 from .decoding import InstanceSkipped, decode_analysed_frame, read_header
 from .inference import LoadedModel
 from .instance_guards import EchoGuard, InstanceLocks
-from .orthanc_api import OrthancApi, ResourceNotFound
+from .orthanc_api import MetadataConflict, OrthancApi, ResourceNotFound
 from .private_tags import ModelResult, read_results
 from .registry import ModelRegistry
 from .status import Outcome, PluginStatus
@@ -46,26 +46,38 @@ class PredictionPipeline:
         config: PluginConfig,
         status: PluginStatus,
         echoes: EchoGuard,
+        node: str = "Orthanc",
     ) -> None:
         self.api = api
+        self.node = node
         self.registry = registry
         self.config = config
         self.status = status
         self.echoes = echoes
         self._locks = InstanceLocks()
+        # Called after each successful prediction (the glue sets it to label studies on Orthanc ≥ 1.12).
+        self.on_predicted: Optional[Callable[[Outcome], None]] = None
 
-    def process(self, instance_id: str, models: Optional[Sequence[str]] = None, force: bool = False) -> Outcome:
+    def process(
+        self, instance_id: str, models: Optional[Sequence[str]] = None, force: bool = False, claim: bool = False
+    ) -> Outcome:
         """Predict one instance and store its results; never raises for a bad instance.
 
         ``models`` None runs the models whose applicability matches; a list runs
         exactly those (raises ``registry.UnknownModel`` before any work).
         ``force`` re-runs models whose current version already left results.
+        ``claim`` (automatic prediction) first claims the instance for this node,
+        so nodes sharing one database never both predict it.
         """
         chosen = self.registry.get(models) if models is not None else None
         started = time.monotonic()
         with self._locks.hold(instance_id):
             try:
-                outcome = self._predict(instance_id, chosen, force)
+                holder = self.api.claim_instance(instance_id, self.node) if claim else self.node
+                if holder != self.node:
+                    outcome = Outcome(instance_id, "elsewhere", reason=f"claimed by node {holder}")
+                else:
+                    outcome = self._predict(instance_id, chosen, force)
             except InstanceSkipped as skip:
                 outcome = Outcome(instance_id, "skipped", reason=str(skip))
             except ResourceNotFound:
@@ -139,7 +151,7 @@ class PredictionPipeline:
             # Same bytes but for our block, so same UIDs: this would be an Orthanc bug.
             raise RuntimeError(f"tagged instance was stored as {answer.get('ID')}, not {instance_id}")
         for name, value in metadata.items():
-            if name not in ORTHANC_METADATA and name not in (METADATA_STATUS, METADATA_PROVENANCE):
+            if name not in ORTHANC_METADATA and name not in (METADATA_STATUS, METADATA_PROVENANCE, METADATA_CLAIM):
                 self.api.set_instance_metadata(instance_id, name, value)
         self.api.set_instance_metadata(instance_id, METADATA_PROVENANCE, json.dumps(provenance, sort_keys=True))
 
@@ -147,18 +159,29 @@ class PredictionPipeline:
         self.status.record(outcome)
         if outcome.state == "predicted":
             log.info("Instance %s: %s", outcome.instance_id, _summary(outcome.results))
+            if self.on_predicted is not None:
+                try:
+                    self.on_predicted(outcome)
+                except Exception as error:  # labels are a convenience; the tags are written
+                    log.warning("After-prediction hook failed for instance %s: %s", outcome.instance_id, error)
         elif outcome.state in ("skipped", "failed"):
             log.warning("Instance %s %s: %s", outcome.instance_id, outcome.state, outcome.reason)
-        if outcome.state in ("unchanged", "gone"):
+        if outcome.state in ("gone", "elsewhere"):
             return
+        # "unchanged" (results of these model versions already there) is recorded too: after a
+        # crash between re-store and this record, the replay marks the instance here.
         record = {
-            "state": outcome.state,
+            "state": "predicted" if outcome.state == "unchanged" else outcome.state,
             "reason": outcome.reason,
             "models": {r.model: r.version for r in outcome.results},
             "at": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         try:
             self.api.set_instance_metadata(outcome.instance_id, METADATA_STATUS, json.dumps(record))
+        except MetadataConflict:
+            # "CheckRevisions" on (several nodes): an existing status is never rewritten, and an
+            # instance that is predicted again gets a fresh one through the overwrite.
+            log.debug("Status of instance %s already recorded", outcome.instance_id)
         except Exception as error:  # the instance may have been deleted meanwhile
             log.warning("Cannot record the status of instance %s: %s", outcome.instance_id, error)
 

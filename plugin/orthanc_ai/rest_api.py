@@ -5,11 +5,16 @@ Every handler takes the service and the parsed request and returns
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 from typing import Any, Callable, Optional
 
-from .config import METADATA_STATUS
+import pydicom
+
+from . import upload as uploads
+from .config import METADATA_SOURCE_FILE, METADATA_STATUS
+from .decoding import InstanceSkipped, read_header
 from .orthanc_api import ResourceNotFound
 from .registry import UnknownModel
 from .service import PluginService
@@ -38,6 +43,7 @@ def plugin_status(service: PluginService) -> Response:
         {
             "queueLength": service.queue.length,
             "inProgress": service.queue.in_progress,
+            "recoveredAtStartup": service.recovery.recovered,
             "autoPredict": service.config.auto_predict,
             "workers": service.config.workers,
             "models": sorted(service.registry.models),
@@ -80,6 +86,143 @@ def instance_predictions(service: PluginService, instance_id: str) -> Response:
         except ValueError:
             status = {"state": "unknown", "reason": "unreadable AIStatus metadata"}
     return 200, {"instance": instance_id, "status": status, "predictions": [r.to_json() for r in results]}
+
+
+def applicable_models(service: PluginService, instance_id: str) -> Response:
+    """Which models apply to the instance (the Explorer pre-selects them), and why the others do not."""
+    dicom = service.api.instance_file(instance_id)
+    cannot_predict: Optional[str] = None
+    applicable: list[str] = []
+    not_applicable: dict[str, str] = {}
+    try:
+        header = read_header(dicom, service.config.max_frame_pixels).header
+    except InstanceSkipped as skip:
+        cannot_predict = str(skip)
+    else:
+        matching, not_applicable = service.registry.applicable(header)
+        applicable = [model.card.name for model in matching]
+    return 200, {
+        "instance": instance_id,
+        "cannotPredict": cannot_predict,
+        "applicable": applicable,
+        "notApplicable": not_applicable,
+        "models": [model.card.summary() for model in service.registry.models.values()],
+    }
+
+
+SUMMARY_LIMIT = 500
+
+
+def children_predictions(service: PluginService, level: str, resource_id: str) -> Response:
+    """One row per instance of a series or study: each model's top class and probability, from the tags."""
+    instances = service.api.child_instances(level, resource_id)
+    rows = []
+    for instance_id in instances[:SUMMARY_LIMIT]:
+        try:
+            dicom = service.api.instance_file(instance_id)
+            metadata = service.api.instance_metadata(instance_id)
+        except ResourceNotFound:
+            continue  # deleted meanwhile
+        numbers = _instance_numbers(dicom)
+        try:
+            results = stored_results(dicom, service.config.private_creator)
+        except Exception as error:  # an unreadable file still gets its row
+            log.warning("Cannot read results of instance %s: %s", instance_id, error)
+            results = []
+        rows.append(
+            {
+                "instance": instance_id,
+                "seriesNumber": numbers[0],
+                "instanceNumber": numbers[1],
+                "status": _status_of(metadata),
+                "predictions": [
+                    {
+                        "model": r.model, "version": r.version, "topClass": r.top_class,
+                        "topProbability": r.top_probability, "dateTime": r.predicted_at.isoformat(timespec="seconds"),
+                    }
+                    for r in results
+                ],
+            }
+        )
+    rows.sort(key=lambda row: (row["seriesNumber"] is None, row["seriesNumber"] or 0,
+                               row["instanceNumber"] is None, row["instanceNumber"] or 0))
+    models = sorted({p["model"] for row in rows for p in row["predictions"]})
+    return 200, {"level": level, "resource": resource_id, "models": models, "instances": rows,
+                 "instanceCount": len(instances), "truncated": len(instances) > SUMMARY_LIMIT}
+
+
+def upload_file(service: PluginService, body: bytes) -> Response:
+    """A file from the Explorer: stored (a PNG/JPEG as a Secondary Capture), its name kept, predicted."""
+    max_bytes = service.config.max_file_megabytes * 1024 * 1024
+    try:
+        upload = uploads.parse_upload(body, max_bytes)
+    except uploads.UploadError as error:
+        return 400, {"error": str(error), "convertible": error.convertible}
+
+    if upload.kind == "dicom":
+        expected = uploads.dicom_instance_id(upload.data)
+        store = lambda: service.api.store_instance(upload.data)  # noqa: E731
+    else:
+        request = uploads.create_dicom_request(upload)
+        expected = uploads.created_instance_id(request)
+        store = lambda: service.api.create_dicom(request)  # noqa: E731
+
+    # The instance is queued here, once its file name is set, not by its NEW_INSTANCE event.
+    if expected:
+        service.pipeline.echoes.expect(expected)
+    try:
+        answer = store()
+    except ResourceNotFound:
+        raise
+    except Exception as error:
+        if expected:
+            service.pipeline.echoes.cancel(expected)
+        log.warning("Upload of %r refused by Orthanc: %s", upload.file_name, error)
+        convertible = upload.kind != "dicom"
+        return 400, {"error": f"Orthanc refused the {upload.kind.upper()} file: {error}", "convertible": convertible}
+    instance_id = answer.get("ID")
+    if expected and instance_id != expected:
+        service.pipeline.echoes.cancel(expected)
+        log.warning("Upload of %r stored as %s, not %s as computed: its file name may miss the results",
+                    upload.file_name, instance_id, expected)
+    if upload.file_name:
+        service.api.set_instance_metadata(instance_id, METADATA_SOURCE_FILE, upload.file_name)
+    # Queued even with AutoPredict off: uploading from the Explorer is a request to predict.
+    queued = service.queue.submit(instance_id)
+    return 200, {
+        "instance": instance_id,
+        "series": answer.get("ParentSeries"),
+        "study": answer.get("ParentStudy"),
+        "patient": answer.get("ParentPatient"),
+        "kind": upload.kind,
+        "fileName": upload.file_name,
+        "queued": queued,
+    }
+
+
+def _status_of(metadata: dict[str, str]) -> Optional[dict]:
+    if METADATA_STATUS not in metadata:
+        return None
+    try:
+        return json.loads(metadata[METADATA_STATUS])
+    except ValueError:
+        return {"state": "unknown", "reason": "unreadable AIStatus metadata"}
+
+
+def _instance_numbers(dicom: bytes) -> tuple[Optional[int], Optional[int]]:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(dicom), stop_before_pixels=True, force=True,
+                             specific_tags=["SeriesNumber", "InstanceNumber"])
+        return _int_or_none(ds.get("SeriesNumber")), _int_or_none(ds.get("InstanceNumber"))
+    except Exception:
+        return None, None
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _parse_predict_body(body: bytes) -> tuple[Optional[list[str]], bool]:

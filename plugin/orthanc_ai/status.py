@@ -15,7 +15,7 @@ class Outcome:
     """What happened to one instance."""
 
     instance_id: str
-    state: str  # predicted | unchanged | skipped | failed | gone
+    state: str  # predicted | unchanged | skipped | failed | gone | elsewhere (claimed by another node)
     reason: Optional[str] = None
     results: list[Any] = field(default_factory=list)  # ModelResult
     seconds: float = 0.0
@@ -70,6 +70,7 @@ class PluginStatus:
                 "skipped": self._states["skipped"],
                 "failed": self._states["failed"],
                 "gone": self._states["gone"],
+                "claimedElsewhere": self._states["elsewhere"],
                 "echoesIgnored": self.echoes_ignored,
                 "droppedQueueFull": self.dropped,
                 "reasons": dict(self._skip_reasons),

@@ -91,6 +91,13 @@ class OrthancProcess:
         self._log.close()
         return self.process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL, as a power loss or the OOM killer would: no shutdown code runs."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

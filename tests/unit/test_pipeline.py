@@ -48,6 +48,9 @@ class MemoryOrthanc:
     def set_instance_metadata(self, instance_id, name, value):
         self.metadata[instance_id][name] = value
 
+    def claim_instance(self, instance_id, node):
+        return self.metadata[instance_id].setdefault("AIClaim", node)
+
     def decode_frame(self, dicom, frame_index):
         raise NotImplementedError
 
@@ -111,3 +114,12 @@ def test_corrupt_file_is_skipped_with_reason_and_untouched(pipeline_for):
     outcome = pipeline_for(api).process(instance_id)
     assert outcome.state == "skipped" and outcome.reason
     assert json.loads(api.metadata[instance_id]["AIStatus"])["state"] == "skipped"
+
+
+def test_instance_claimed_by_another_node_is_left_to_it(pipeline_for):
+    api = MemoryOrthanc()
+    instance_id = api.add(synthetic_ct(seed=5), AIClaim="node-b")
+    outcome = pipeline_for(api).process(instance_id, claim=True)
+    assert outcome.state == "elsewhere" and "node-b" in outcome.reason
+    assert "AIStatus" not in api.metadata[instance_id]
+    assert pipeline_for(api).process(instance_id).state == "predicted"  # an explicit request is not claimed

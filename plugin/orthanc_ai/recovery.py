@@ -1,0 +1,131 @@
+"""Finding again, after a restart, the instances whose prediction was lost with the queue.
+
+The queue lives in memory: if Orthanc is killed (``kill -9``, power loss) with
+instances waiting, their NEW_INSTANCE events are gone. Orthanc's own change log
+(``/changes``, stored in its database) is not: the plugin keeps a checkpoint,
+the sequence number up to which every new instance has an outcome, in a global
+property, and at start-up replays the log from there, queueing each instance
+that has no ``AIStatus`` yet. An instance that was tagged but not yet marked
+(killed between the two) comes out "unchanged" and is marked then: nothing is
+tagged twice.
+
+On the very first start there is no checkpoint: the plugin starts from the
+current end of the log rather than classifying the whole existing archive
+(use the REST API for that).
+
+The checkpoint only moves forward after the queue has been idle for a whole
+period, so every event up to it has been delivered and processed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Callable, Optional, Protocol
+
+from .config import METADATA_STATUS
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PERIOD_SECONDS = 5.0
+CHANGES_PAGE = 1000
+
+
+class ChangeLog(Protocol):
+    def last_change(self) -> int: ...
+    def changes(self, since: int, limit: int) -> dict: ...
+    def instance_metadata(self, instance_id: str) -> dict[str, str]: ...
+    def get_checkpoint(self) -> Optional[str]: ...
+    def set_checkpoint(self, value: str) -> None: ...
+
+
+class BacklogRecovery:
+    def __init__(self, api: ChangeLog, node: str, submit: Callable[[str], bool],
+                 is_idle: Callable[[], bool]) -> None:
+        self.api = api
+        self.node = node
+        self.submit = submit
+        self.is_idle = is_idle
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.recovered = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="orthanc-ai-recovery", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self.replay()
+        except Exception:
+            log.exception("Replaying Orthanc's change log failed; pending instances may need a manual Predict")
+        pending_mark: Optional[int] = None
+        while not self._stop.wait(CHECKPOINT_PERIOD_SECONDS):
+            try:
+                pending_mark = self._advance(pending_mark)
+            except Exception as error:  # e.g. during shutdown
+                log.debug("Checkpoint not advanced: %s", error)
+
+    def replay(self) -> int:
+        """Queue every instance stored since the checkpoint that has no outcome yet."""
+        checkpoint = self._read_checkpoint()
+        last = self.api.last_change()
+        if checkpoint is None:
+            self._write_checkpoint(last)
+            log.info("First start: change log checkpoint set at %d", last)
+            return 0
+        candidates: dict[str, None] = {}  # ordered set of instance ids
+        since = checkpoint
+        while since < last and not self._stop.is_set():
+            page = self.api.changes(since, CHANGES_PAGE)
+            for change in page.get("Changes", []):
+                if change.get("ChangeType") == "NewInstance":
+                    candidates[change["ID"]] = None
+            if page.get("Done", True) or page.get("Last", since) <= since:
+                break
+            since = page["Last"]
+        queued = 0
+        for instance_id in candidates:
+            try:
+                if METADATA_STATUS not in self.api.instance_metadata(instance_id):
+                    queued += self.submit(instance_id)
+            except LookupError:
+                continue  # deleted since
+        self.recovered = queued
+        if queued:
+            log.warning("Recovered %d instance(s) stored since change %d without a prediction", queued, checkpoint)
+        return queued
+
+    def _advance(self, pending_mark: Optional[int]) -> Optional[int]:
+        if not self.is_idle():
+            return None
+        if pending_mark is not None:
+            self._write_checkpoint(pending_mark)
+        return self.api.last_change()
+
+    def _read_checkpoint(self) -> Optional[int]:
+        raw = self.api.get_checkpoint()
+        if not raw:
+            return None
+        try:
+            return int(json.loads(raw)[self.node])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _write_checkpoint(self, sequence: int) -> None:
+        # One property for all nodes sharing a database, one entry per node name.
+        try:
+            nodes = json.loads(self.api.get_checkpoint() or "{}")
+            if not isinstance(nodes, dict):
+                nodes = {}
+        except ValueError:
+            nodes = {}
+        if nodes.get(self.node) == sequence:
+            return
+        nodes[self.node] = sequence
+        self.api.set_checkpoint(json.dumps(nodes, sort_keys=True))
