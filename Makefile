@@ -6,8 +6,10 @@ SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := orthanc orthanc-python dcmtk python3-venv
+# Only the tests need these: several Orthanc nodes on one PostgreSQL database.
+DEBIAN_TEST_PACKAGES := orthanc-postgresql postgresql
 
-.PHONY: run test install install-dev system-packages private-dictionary clean-state
+.PHONY: run test install install-dev system-packages test-system-packages private-dictionary clean-state
 
 run: install
 	mkdir -p state
@@ -19,7 +21,15 @@ test: install-dev
 
 install: system-packages $(VENV)/.runtime-installed
 
-install-dev: install $(VENV)/.dev-installed
+install-dev: install test-system-packages $(VENV)/.dev-installed
+
+test-system-packages:
+	@if [ ! -f /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "Installing Debian packages for the tests: $(DEBIAN_TEST_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TEST_PACKAGES) && \
+	  { $(SUDO) systemctl disable --now postgresql 2>/dev/null || $(SUDO) service postgresql stop 2>/dev/null || true; }; \
+	fi
 
 system-packages:
 	@missing=""; \
