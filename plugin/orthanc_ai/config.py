@@ -20,7 +20,8 @@ METADATA_STATUS = "AIStatus"
 METADATA_PROVENANCE = "AIProvenance"
 METADATA_SOURCE_FILE = "AISourceFileName"
 METADATA_CLAIM = "AIClaim"
-REQUIRED_USER_METADATA = (METADATA_STATUS, METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_CLAIM)
+METADATA_ROUTING = "AIRouting"
+REQUIRED_USER_METADATA = (METADATA_STATUS, METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_CLAIM, METADATA_ROUTING)
 # Orthanc global property (plugins use indexes ≥ 1024) holding the change-log checkpoint of each node.
 GLOBAL_PROPERTY_CHECKPOINT = 4410
 
@@ -43,6 +44,8 @@ class PluginConfig:
     max_frame_pixels: int = 40_000_000
     max_file_megabytes: int = 1024
     queue_capacity: int = 100_000
+    # The "Routing" section as written; validated by routing.parse_routing once models are loaded.
+    routing: Mapping[str, Any] = field(default_factory=dict)
 
 
 # key in orthanc.json → (attribute, expected type)
@@ -57,6 +60,7 @@ _KEYS: dict[str, tuple[str, type]] = {
     "MaxFramePixels": ("max_frame_pixels", int),
     "MaxFileMegabytes": ("max_file_megabytes", int),
     "QueueCapacity": ("queue_capacity", int),
+    "Routing": ("routing", dict),
     # Read by the entry script before this package is importable.
     "VirtualEnv": ("", str),
 }

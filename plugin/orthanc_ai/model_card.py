@@ -56,6 +56,31 @@ class Applicability:
 
 
 @dataclass(frozen=True)
+class RoutedBy:
+    """Second-stage models run only when a router model's result says so (e.g. chest films only)."""
+
+    model: str
+    classes: tuple[str, ...]
+    min_probability: float = 0.0
+
+    @classmethod
+    def from_json(cls, section: Mapping[str, Any]) -> "RoutedBy":
+        classes = section.get("classes")
+        if not isinstance(section.get("model"), str) or not isinstance(classes, list) or not classes:
+            raise ModelCardError('routed_by needs "model" and a non-empty list of "classes"')
+        return cls(section["model"], tuple(str(c) for c in classes), float(section.get("min_probability", 0.0)))
+
+    def mismatch(self, results: Mapping[str, Any]) -> Optional[str]:
+        """None when the router's result (ModelResult by model name) routes the image here."""
+        result = results.get(self.model)
+        if result is None:
+            return f"no {self.model} result"
+        if result.top_class not in self.classes or result.top_probability < self.min_probability:
+            return f"{self.model} says {result.top_class} {result.top_probability:.2f}"
+        return None
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     version: str
@@ -67,6 +92,7 @@ class ModelCard:
     output_kind: str  # "logits" or "probabilities"
     folder: Path
     raw: Mapping[str, Any]
+    routed_by: Optional[RoutedBy] = None
 
     @property
     def onnx_path(self) -> Path:
@@ -114,6 +140,7 @@ class ModelCard:
             output_kind=output_kind,
             folder=folder,
             raw=raw,
+            routed_by=RoutedBy.from_json(raw["routed_by"]) if raw.get("routed_by") else None,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -126,4 +153,7 @@ class ModelCard:
             "dataset": self.dataset,
             "appliesTo": {k: [v for v in vals] for k, vals in self.applies_to.rules.items()},
             "intendedUse": self.raw.get("intended_use", ""),
+            "routedBy": None if self.routed_by is None else {
+                "model": self.routed_by.model, "classes": list(self.routed_by.classes),
+                "minProbability": self.routed_by.min_probability},
         }

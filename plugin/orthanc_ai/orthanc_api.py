@@ -50,6 +50,15 @@ class OrthancApi(Protocol):
     def set_checkpoint(self, value: str) -> None:
         """Store the checkpoint."""
 
+    def list_instances(self) -> list[dict[str, Any]]:
+        """Every instance with its parents (GET /instances?expand)."""
+
+    def list_series(self) -> list[dict[str, Any]]:
+        """Every series with its parent study (GET /series?expand)."""
+
+    def destinations(self) -> tuple[list[str], list[str]]:
+        """Names of the DICOM modalities and the Orthanc peers that Orthanc knows."""
+
     def child_instances(self, level: str, resource_id: str) -> list[str]:
         """Orthanc ids of the instances of a series or study (level 'series' or 'studies')."""
 

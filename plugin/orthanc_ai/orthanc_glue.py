@@ -16,6 +16,7 @@ import orthanc
 from . import labels, rest_api
 from .config import GLOBAL_PROPERTY_CHECKPOINT, METADATA_CLAIM, ConfigurationError, check_orthanc_settings, parse_config
 from .orthanc_api import MetadataConflict, ResourceNotFound
+from .routing import Destination
 from .private_tags import EXTRA_DICTIONARY_BLOCKS, orthanc_dictionary
 from .service import PluginService
 
@@ -94,6 +95,26 @@ class OrthancRestApi:
     def add_study_label(self, study_id: str, label: str) -> None:
         _call(orthanc.RestApiPut, f"/studies/{study_id}/labels/{label}", b"")
 
+    def start_store_job(self, destination: Destination, instance_id: str) -> str:
+        """An asynchronous Orthanc job sending one instance (C-STORE to a modality, or HTTP to a peer)."""
+        collection = "modalities" if destination.kind == "modality" else "peers"
+        request = json.dumps({"Resources": [instance_id], "Asynchronous": True}).encode("utf-8")
+        return json.loads(_call(orthanc.RestApiPost, f"/{collection}/{destination.name}/store", request))["ID"]
+
+    def job_state(self, job_id: str) -> tuple[str, str]:
+        job = json.loads(_call(orthanc.RestApiGet, f"/jobs/{job_id}"))
+        return str(job.get("State", "")), str(job.get("ErrorDescription", "") or job.get("ErrorDetails", ""))
+
+    def list_instances(self) -> list[dict[str, Any]]:
+        return json.loads(_call(orthanc.RestApiGet, "/instances?expand"))
+
+    def list_series(self) -> list[dict[str, Any]]:
+        return json.loads(_call(orthanc.RestApiGet, "/series?expand"))
+
+    def destinations(self) -> tuple[list[str], list[str]]:
+        """Names of the DICOM modalities and Orthanc peers Orthanc knows."""
+        return json.loads(_call(orthanc.RestApiGet, "/modalities")), json.loads(_call(orthanc.RestApiGet, "/peers"))
+
 
 def _call(function: Callable[..., bytes], uri: str, *body: bytes) -> bytes:
     try:
@@ -141,17 +162,18 @@ def register() -> None:
         problems = check_orthanc_settings(configuration)
         if problems:
             raise ConfigurationError("; ".join(problems))
+        # Routing rules are checked against the models that actually loaded.
+        _service = PluginService.create(config, OrthancRestApi(), node=str(configuration.get("Name", "Orthanc")))
     except ConfigurationError as error:
         orthanc.LogError(f"OrthancAI: configuration error: {error}")
         raise
 
     _register_private_dictionary(configuration.get("Dictionary", {}), config.private_creator)
-    _service = PluginService.create(config, OrthancRestApi(), node=str(configuration.get("Name", "Orthanc")))
     orthanc.RegisterOnChangeCallback(_on_change)
     _register_routes()
     orthanc.ExtendOrthancExplorer(_explorer_javascript())
     # Labels for Orthanc Explorer 2 where Orthanc has them (1.12+; checked at the first prediction).
-    _service.pipeline.on_predicted = labels.StudyLabeler(_service.api)
+    _service.pipeline.after_prediction.append(labels.StudyLabeler(_service.api))
     log.warning(
         "ready: models %s, automatic prediction %s, %d worker(s)",
         ", ".join(_service.registry.models) or "none",
@@ -224,6 +246,27 @@ def _register_routes() -> None:
     ]
     for pattern, method, handler in routes:
         orthanc.RegisterRestCallback(pattern, _route(method, handler))
+    # Routes that read the query string (?model=...&limit=...).
+    query_routes: list[tuple[str, Callable[..., rest_api.Response]]] = [
+        ("/ai/routing", rest_api.routing_log),
+        ("/ai/find", rest_api.find_by_result),
+    ]
+    for pattern, query_handler in query_routes:
+        orthanc.RegisterRestCallback(pattern, _query_route(query_handler))
+    orthanc.RegisterRestCallback(
+        f"/ai/instances/{ORTHANC_ID}/route",
+        _route("POST", lambda s, groups, body: rest_api.route_instance(s, groups[0], body)),
+    )
+
+
+def _query_route(handler: Callable[..., rest_api.Response]) -> Callable[..., None]:
+    def callback(output: Any, uri: str, **request: Any) -> None:
+        if request.get("method") != "GET":
+            output.SendMethodNotAllowed("GET")
+            return
+        _answer(output, *rest_api.guarded(handler, _service, dict(request.get("get") or {})))
+
+    return callback
 
 
 def _route(method: str, handler: Callable[..., rest_api.Response]) -> Callable[..., None]:

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 from . import __version__
 from .config import METADATA_CLAIM, METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
-from .decoding import InstanceSkipped, decode_analysed_frame, read_header
+from .decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, read_header
 from .inference import LoadedModel
 from .instance_guards import EchoGuard, InstanceLocks
 from .orthanc_api import MetadataConflict, OrthancApi, ResourceNotFound
@@ -54,9 +54,10 @@ class PredictionPipeline:
         self.config = config
         self.status = status
         self.echoes = echoes
-        self._locks = InstanceLocks()
-        # Called after each successful prediction (the glue sets it to label studies on Orthanc ≥ 1.12).
-        self.on_predicted: Optional[Callable[[Outcome], None]] = None
+        self.locks = InstanceLocks()
+        # Called after each successful prediction, once the tags are stored: the router
+        # (forwarding the tagged instance) and the study labels of Orthanc ≥ 1.12.
+        self.after_prediction: list[Callable[[Outcome], None]] = []
 
     def process(
         self, instance_id: str, models: Optional[Sequence[str]] = None, force: bool = False, claim: bool = False
@@ -71,7 +72,7 @@ class PredictionPipeline:
         """
         chosen = self.registry.get(models) if models is not None else None
         started = time.monotonic()
-        with self._locks.hold(instance_id):
+        with self.locks.hold(instance_id):
             try:
                 holder = self.api.claim_instance(instance_id, self.node) if claim else self.node
                 if holder != self.node:
@@ -95,33 +96,26 @@ class PredictionPipeline:
             raise InstanceSkipped(f"file too large: {len(original)} bytes exceeds MaxFileMegabytes")
         instance = read_header(original, self.config.max_frame_pixels)
         existing = read_results(instance.dataset, self.config.private_creator)
+        run = _ModelRun(self, instance_id, original, instance)
 
-        if chosen is None:
-            chosen, mismatches = self.registry.applicable(instance.header)
-            if not chosen:
+        if chosen is not None:
+            results = run.models(chosen if force else _not_done(chosen, existing))
+        else:
+            # Stage 1: header rules. Stage 2: models routed by a stage-1 result (e.g. the body-part router).
+            first, _ = self.registry.applicable(instance.header)
+            results = run.models(first if force else _not_done(first, existing))
+            known = {r.model: r for r in existing} | {r.model: r for r in results}
+            applicable, mismatches = self.registry.applicable(instance.header, known)
+            if not applicable:
                 details = "; ".join(f"{name}: {why}" for name, why in mismatches.items()) or "no model is loaded"
                 raise InstanceSkipped(f"no model applies ({details})")
-        if not force:
-            done = {(r.model, r.version) for r in existing}
-            chosen = [m for m in chosen if (m.card.name, m.card.version) not in done]
-            if not chosen:
-                return Outcome(instance_id, "unchanged", results=existing)
+            second = [m for m in applicable if m.card.routed_by is not None]
+            results += run.models(second if force else _not_done(second, existing))
+        if not results:
+            return Outcome(instance_id, "unchanged", results=existing)
 
-        metadata = self.api.instance_metadata(instance_id)
-        provenance = self._provenance(metadata, len(original))
-        frame = decode_analysed_frame(instance, fallback=lambda index: self.api.decode_frame(original, index))
-        results = [
-            model.predict(
-                frame,
-                instance.pixels,
-                frame_number=instance.analysed_frame_index + 1,
-                source_file_name=metadata.get(METADATA_SOURCE_FILE) or None,
-                source_file_size=provenance.get("ReceivedSize"),
-            )
-            for model in chosen
-        ]
         tagged = add_results(original, self.config.private_creator, SOFTWARE, results)
-        self._store_back(instance_id, tagged, metadata, provenance)
+        self._store_back(instance_id, tagged, run.metadata, run.provenance)
         replaced = {r.model for r in results}
         return Outcome(instance_id, "predicted", results=[r for r in existing if r.model not in replaced] + results)
 
@@ -159,11 +153,11 @@ class PredictionPipeline:
         self.status.record(outcome)
         if outcome.state == "predicted":
             log.info("Instance %s: %s", outcome.instance_id, _summary(outcome.results))
-            if self.on_predicted is not None:
+            for hook in self.after_prediction:
                 try:
-                    self.on_predicted(outcome)
-                except Exception as error:  # labels are a convenience; the tags are written
-                    log.warning("After-prediction hook failed for instance %s: %s", outcome.instance_id, error)
+                    hook(outcome)
+                except Exception:  # the tags are written; a hook must not turn that into a failure
+                    log.exception("After-prediction hook failed for instance %s", outcome.instance_id)
         elif outcome.state in ("skipped", "failed"):
             log.warning("Instance %s %s: %s", outcome.instance_id, outcome.state, outcome.reason)
         if outcome.state in ("gone", "elsewhere"):
@@ -174,6 +168,8 @@ class PredictionPipeline:
             "state": "predicted" if outcome.state == "unchanged" else outcome.state,
             "reason": outcome.reason,
             "models": {r.model: r.version for r in outcome.results},
+            # Top class per model, so /ai/find answers from metadata without reading files.
+            "results": {r.model: [r.top_class, round(r.top_probability, 6)] for r in outcome.results},
             "at": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         try:
@@ -184,6 +180,43 @@ class PredictionPipeline:
             log.debug("Status of instance %s already recorded", outcome.instance_id)
         except Exception as error:  # the instance may have been deleted meanwhile
             log.warning("Cannot record the status of instance %s: %s", outcome.instance_id, error)
+
+
+class _ModelRun:
+    """Runs models on one instance, reading its metadata and decoding its frame once, when first needed."""
+
+    def __init__(self, pipeline: "PredictionPipeline", instance_id: str, original: bytes, instance: InstanceHeader):
+        self.pipeline, self.instance_id, self.original, self.instance = pipeline, instance_id, original, instance
+        self._frame: Optional[np.ndarray] = None
+        self.metadata: dict[str, str] = {}
+        self.provenance: dict = {}
+
+    def models(self, models: Sequence[LoadedModel]) -> list[ModelResult]:
+        if not models:
+            return []
+        if self._frame is None:
+            api = self.pipeline.api
+            self.metadata = api.instance_metadata(self.instance_id)
+            self.provenance = self.pipeline._provenance(self.metadata, len(self.original))
+            self._frame = decode_analysed_frame(
+                self.instance, fallback=lambda index: api.decode_frame(self.original, index)
+            )
+        return [
+            model.predict(
+                self._frame,
+                self.instance.pixels,
+                frame_number=self.instance.analysed_frame_index + 1,
+                source_file_name=self.metadata.get(METADATA_SOURCE_FILE) or None,
+                source_file_size=self.provenance.get("ReceivedSize"),
+            )
+            for model in models
+        ]
+
+
+def _not_done(models: Sequence[LoadedModel], existing: Sequence[ModelResult]) -> list[LoadedModel]:
+    """The models whose current version has no result in the instance yet."""
+    done = {(r.model, r.version) for r in existing}
+    return [m for m in models if (m.card.name, m.card.version) not in done]
 
 
 def _summary(results: list[ModelResult]) -> str:

@@ -13,6 +13,7 @@ from typing import Iterable, Mapping, Optional
 from .config import PluginConfig
 from .inference import LoadedModel, ModelLoadError
 from .model_card import CARD_FILE, Applicability, ModelCard, ModelCardError
+from .private_tags import ModelResult
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,20 @@ class ModelRegistry:
             chosen.append(self.models[name])
         return chosen
 
-    def applicable(self, header: Mapping[str, str]) -> tuple[list[LoadedModel], dict[str, str]]:
-        """Models whose rules match the header, and for the others the reason they do not."""
+    def applicable(
+        self, header: Mapping[str, str], results: Optional[Mapping[str, ModelResult]] = None
+    ) -> tuple[list[LoadedModel], dict[str, str]]:
+        """Models whose rules match the header, and for the others the reason they do not.
+
+        A model routed by another model's result (``routed_by`` in its card) is only
+        chosen once ``results`` (ModelResult by model name) are given and route to it.
+        """
         matching, reasons = [], {}
         for name, model in self.models.items():
             mismatch = self.applicability[name].mismatch(header)
+            routed_by = model.card.routed_by
+            if mismatch is None and routed_by is not None:
+                mismatch = routed_by.mismatch(results) if results is not None else f"waits for {routed_by.model}"
             if mismatch is None:
                 matching.append(model)
             else:

@@ -16,8 +16,10 @@ from . import upload as uploads
 from .config import METADATA_SOURCE_FILE, METADATA_STATUS
 from .decoding import InstanceSkipped, read_header
 from .orthanc_api import ResourceNotFound
+from .private_tags import read_results
 from .registry import UnknownModel
 from .service import PluginService
+from .routing import decide
 from .tagging import stored_results
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ def plugin_status(service: PluginService) -> Response:
             "queueLength": service.queue.length,
             "inProgress": service.queue.in_progress,
             "recoveredAtStartup": service.recovery.recovered,
+            "routing": service.forwarder.status(),
             "autoPredict": service.config.auto_predict,
             "workers": service.config.workers,
             "models": sorted(service.registry.models),
@@ -95,11 +98,13 @@ def applicable_models(service: PluginService, instance_id: str) -> Response:
     applicable: list[str] = []
     not_applicable: dict[str, str] = {}
     try:
-        header = read_header(dicom, service.config.max_frame_pixels).header
+        instance = read_header(dicom, service.config.max_frame_pixels)
     except InstanceSkipped as skip:
         cannot_predict = str(skip)
     else:
-        matching, not_applicable = service.registry.applicable(header)
+        # Results already in the tags let models routed by another model's result show as applicable.
+        known = {r.model: r for r in read_results(instance.dataset, service.config.private_creator)}
+        matching, not_applicable = service.registry.applicable(instance.header, known)
         applicable = [model.card.name for model in matching]
     return 200, {
         "instance": instance_id,
@@ -172,9 +177,7 @@ def upload_file(service: PluginService, body: bytes) -> Response:
         service.pipeline.echoes.expect(expected)
     try:
         answer = store()
-    except ResourceNotFound:
-        raise
-    except Exception as error:
+    except Exception as error:  # Orthanc refused the file (its exception type lives in the glue)
         if expected:
             service.pipeline.echoes.cancel(expected)
         log.warning("Upload of %r refused by Orthanc: %s", upload.file_name, error)
@@ -261,3 +264,61 @@ def guarded(handler: Callable[..., Response], *args: Any) -> Response:
     except Exception as error:
         log.exception("REST handler %s failed", handler.__name__)
         return 500, {"error": f"{error.__class__.__name__}: {error}"}
+
+
+# --- routing -------------------------------------------------------------------------------
+def route_instance(service: PluginService, instance_id: str, body: bytes) -> Response:
+    """Apply the routing rules to an instance's stored results now; ``{"resend": true}`` sends again."""
+    request = json.loads(body) if body and body.strip() else {}
+    if not isinstance(request, dict) or set(request) - {"resend"} or not isinstance(request.get("resend", False), bool):
+        raise BadRequest('body must be empty or {"resend": true|false}')
+    results = stored_results(service.api.instance_file(instance_id), service.config.private_creator)
+    decisions = decide(service.forwarder.policy, results)
+    entries = service.forwarder.route(instance_id, decisions, resend=request.get("resend", False))
+    return 200, {"instance": instance_id, "rules": [d.rule.name for d in decisions], "actions": entries}
+
+
+def routing_log(service: PluginService, query: dict[str, str]) -> Response:
+    limit = _query_int(query, "limit", 100, 1, 10_000)
+    return 200, {"status": service.forwarder.status(),
+                 "entries": service.forwarder.audit(query.get("instance") or None, limit)}
+
+
+def find_by_result(service: PluginService, query: dict[str, str]) -> Response:
+    """Instances, series or studies whose prediction by a model has a class with a minimum probability.
+
+    Answered from each instance's AIStatus metadata, never from the files.
+    """
+    model = query.get("model")
+    if not model:
+        raise BadRequest('"model" is required, e.g. /ai/find?model=lung-ct-3&class=Malignant&minProbability=0.9')
+    wanted = query.get("class")
+    level = query.get("level", "instances")
+    if level not in ("instances", "series", "studies"):
+        raise BadRequest('"level" must be instances, series or studies')
+    try:
+        minimum = float(query.get("minProbability", "0"))
+    except ValueError as error:
+        raise BadRequest('"minProbability" must be a number') from error
+    matches = []
+    for instance in service.api.list_instances():
+        status = _status_of(service.api.instance_metadata(instance["ID"])) or {}
+        top = (status.get("results") or {}).get(model)
+        if top and (wanted is None or top[0] == wanted) and top[1] >= minimum:
+            matches.append({"instance": instance["ID"], "series": instance["ParentSeries"],
+                            "topClass": top[0], "topProbability": top[1]})
+    if level == "instances":
+        return 200, {"level": level, "matches": matches}
+    if level == "series":
+        return 200, {"level": level, "matches": sorted({m["series"] for m in matches})}
+    study_of = {s["ID"]: s["ParentStudy"] for s in service.api.list_series()}
+    return 200, {"level": level, "matches": sorted({study_of[m["series"]] for m in matches if m["series"] in study_of})}
+
+
+def _query_int(query: dict[str, str], key: str, default: int, low: int, high: int) -> int:
+    try:
+        value = int(query.get(key, default))
+    except ValueError as error:
+        raise BadRequest(f'"{key}" must be a whole number') from error
+    return min(max(value, low), high)
+

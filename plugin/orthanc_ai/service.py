@@ -8,7 +8,9 @@ from .config import PluginConfig
 from .instance_guards import EchoGuard
 from .orthanc_api import OrthancApi
 from .pipeline import PredictionPipeline
+from .forwarding import Forwarder
 from .recovery import BacklogRecovery
+from .routing import check_destinations, decide, parse_routing
 from .registry import ModelRegistry
 from .status import PluginStatus
 from .work_queue import PredictionQueue
@@ -25,10 +27,12 @@ class PluginService:
     pipeline: PredictionPipeline
     queue: PredictionQueue
     recovery: BacklogRecovery
+    forwarder: Forwarder
 
     @classmethod
     def create(cls, config: PluginConfig, api: OrthancApi, node: str = "Orthanc") -> "PluginService":
         registry = ModelRegistry.load(config)
+        policy = parse_routing(config.routing, list(registry.models))
         status = PluginStatus()
         echoes = EchoGuard()
         pipeline = PredictionPipeline(api, registry, config, status, echoes, node)
@@ -39,16 +43,27 @@ class PluginService:
         recovery = BacklogRecovery(
             api, node, work_queue.submit, lambda: work_queue.length == 0 and work_queue.in_progress == 0
         )
+        forwarder = Forwarder(api, policy, pipeline.locks)
+        if policy.rules:
+            pipeline.after_prediction.append(
+                lambda outcome: forwarder.route(outcome.instance_id, decide(policy, outcome.results))
+            )
         if not registry.models:
             log.error("No model could be loaded from %s: nothing will be predicted", config.models_directory)
-        return cls(config, api, registry, status, pipeline, work_queue, recovery)
+        return cls(config, api, registry, status, pipeline, work_queue, recovery, forwarder)
 
     def start(self) -> None:
-        """Orthanc has started: workers, then (with automatic prediction) the change-log replay."""
+        """Orthanc has started: workers, forwarding, then (with automatic prediction) the change-log replay."""
         self.queue.start()
+        if self.forwarder.policy.rules:
+            modalities, peers = self.api.destinations()
+            for problem in check_destinations(self.forwarder.policy, modalities, peers):
+                log.error("%s: sends to it will fail", problem)
+            self.forwarder.start()
         if self.config.auto_predict:
             self.recovery.start()
 
     def stop(self) -> None:
         self.recovery.stop()
         self.queue.stop()
+        self.forwarder.stop()

@@ -30,9 +30,18 @@ def build_model(
     seed: int = 0,
     version: str = "1.0.0",
     ct_window: Optional[dict[str, float]] = None,
+    brightness_weights: Optional[list[tuple[float, float]]] = None,
+    routed_by: Optional[dict[str, Any]] = None,
 ) -> Path:
-    """Write models/<name>/model.onnx and model.json into ``folder``; returns the model folder."""
+    """Write models/<name>/model.onnx and model.json into ``folder``; returns the model folder.
+
+    ``brightness_weights``: per class (slope, bias) on the mean normalised grey level, so a test can
+    choose the class by the image's brightness; otherwise random weights from ``seed``.
+    """
     weights, bias = linear_weights(len(classes), seed)
+    if brightness_weights is not None:
+        weights = np.array([[slope / 16 for slope, _ in brightness_weights]] * 16, dtype=np.float32)
+        bias = np.array([b for _, b in brightness_weights], dtype=np.float32)
     graph = helper.make_graph(
         nodes=[
             helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[SIZE // 4, SIZE // 4], strides=[SIZE // 4, SIZE // 4]),
@@ -64,5 +73,7 @@ def build_model(
     }
     if ct_window:
         card["preprocessing"]["ct_window"] = ct_window
+    if routed_by:
+        card["routed_by"] = routed_by
     (target / "model.json").write_text(json.dumps(card, indent=2))
     return target

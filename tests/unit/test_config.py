@@ -40,7 +40,7 @@ def test_bad_values_name_the_key(section, message):
 def test_orthanc_settings_the_plugin_needs():
     problems = check_orthanc_settings({"OverwriteInstances": False, "UserMetadata": {"AIStatus": 4400}})
     assert any("OverwriteInstances" in p for p in problems)
-    assert any("AIProvenance, AISourceFileName, AIClaim" in p for p in problems)
+    assert any("AIProvenance, AISourceFileName, AIClaim, AIRouting" in p for p in problems)
     ok = {"OverwriteInstances": True,
-          "UserMetadata": {"AIStatus": 1, "AIProvenance": 2, "AISourceFileName": 3, "AIClaim": 4}}
+          "UserMetadata": {"AIStatus": 1, "AIProvenance": 2, "AISourceFileName": 3, "AIClaim": 4, "AIRouting": 5}}
     assert check_orthanc_settings(ok) == []
