@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional, Protocol
 
+from .background import BackgroundTask
 from .config import METADATA_ROUTING
 from .instance_guards import InstanceLocks
 from .labels import supports_labels
@@ -58,8 +59,11 @@ class Send:
         return f"{self.decision.rule.name}|{self.destination}"
 
 
-class Forwarder:
+class Forwarder(BackgroundTask):
+    thread_name = "orthanc-ai-forwarder"
+
     def __init__(self, api: ForwardingApi, policy: RoutingPolicy, locks: Optional[InstanceLocks] = None) -> None:
+        super().__init__()
         self.api = api
         self.policy = policy
         # The pipeline's per-instance locks: the routing record is never written while the
@@ -69,8 +73,6 @@ class Forwarder:
         self._active: dict[tuple[str, str], Send] = {}
         self._audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_ENTRIES)
         self._counts: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
         self._has_labels: Optional[bool] = None
 
     # --- decisions in ----------------------------------------------------
@@ -107,15 +109,6 @@ class Forwarder:
         return "labelled"
 
     # --- the sending thread -------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="orthanc-ai-forwarder", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
     def _run(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
             try:

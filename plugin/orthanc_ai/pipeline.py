@@ -15,6 +15,8 @@ import time
 from datetime import datetime
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from . import __version__
 from .config import METADATA_CLAIM, METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
 from .decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, read_header

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import Callable, Optional, Protocol
 
+from .background import BackgroundTask
 from .config import METADATA_STATUS
 
 log = logging.getLogger(__name__)
@@ -39,25 +39,17 @@ class ChangeLog(Protocol):
     def set_checkpoint(self, value: str) -> None: ...
 
 
-class BacklogRecovery:
+class BacklogRecovery(BackgroundTask):
+    thread_name = "orthanc-ai-recovery"
+
     def __init__(self, api: ChangeLog, node: str, submit: Callable[[str], bool],
                  is_idle: Callable[[], bool]) -> None:
+        super().__init__()
         self.api = api
         self.node = node
         self.submit = submit
         self.is_idle = is_idle
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
         self.recovered = 0
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="orthanc-ai-recovery", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         try:

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import pydicom
 import pytest
 
 from orthanc_ai.config import PluginConfig
