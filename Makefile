@@ -6,8 +6,9 @@ SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := orthanc orthanc-python dcmtk python3-venv
-# Only the tests need these: several Orthanc nodes on one PostgreSQL database.
-DEBIAN_TEST_PACKAGES := orthanc-postgresql postgresql
+# Only the tests need these: several Orthanc nodes on one PostgreSQL database; Chromium for the
+# Orthanc Explorer tests (Playwright drives /usr/bin/chromium, it downloads no browser).
+DEBIAN_TEST_PACKAGES := orthanc-postgresql postgresql chromium
 
 .PHONY: run test install install-dev system-packages test-system-packages private-dictionary clean-state
 
@@ -24,7 +25,8 @@ install: system-packages $(VENV)/.runtime-installed
 install-dev: install test-system-packages $(VENV)/.dev-installed
 
 test-system-packages:
-	@if [ ! -f /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@if [ ! -f /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    || ! command -v chromium >/dev/null; then \
 	  echo "Installing Debian packages for the tests: $(DEBIAN_TEST_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TEST_PACKAGES) && \

@@ -1,0 +1,608 @@
+/*
+ * Orthanc AI in Orthanc Explorer (1.10: jQuery 1.x + jQuery Mobile), loaded by
+ * orthanc.ExtendOrthancExplorer(). The glue puts the stylesheet before this file
+ * as the string ORTHANC_AI_CSS.
+ *
+ * Everything shown comes from the plugin's REST API (/ai/...), i.e. from the
+ * tags stored in the instances. Tag values, model names and file names are
+ * untrusted text: the DOM is built with createElement/textContent only, never
+ * with innerHTML or jQuery's $('<tag>' + data).
+ */
+(function () {
+  'use strict';
+
+  var API = '../ai';
+  var DISCLAIMER = 'Decision support only, not a diagnosis: the results of research models, ' +
+    'to be read by a qualified professional.';
+  var POLL_MS = 1000;
+  var NOUN = { instance: 'image', series: 'series', studies: 'study' };
+  var POLL_LIMIT_MS = 120000;
+
+  // Which resource each of our panels currently shows (stale answers are dropped).
+  var shown = { instance: null, series: null, studies: null };
+
+  // --- small DOM helpers ------------------------------------------------------
+  function el(tag, attributes, children) {
+    var node = document.createElement(tag);
+    var key;
+    for (key in (attributes || {})) {
+      if (!attributes.hasOwnProperty(key) || attributes[key] === null || attributes[key] === undefined) {
+        continue;
+      }
+      if (key === 'text') {
+        node.textContent = String(attributes[key]);
+      } else if (key === 'className') {
+        node.className = attributes[key];
+      } else if (key === 'onclick') {
+        node.addEventListener('click', attributes[key]);
+      } else {
+        node.setAttribute(key, String(attributes[key]));
+      }
+    }
+    (children || []).forEach(function (child) {
+      if (child === null || child === undefined) {
+        return;
+      }
+      node.appendChild(typeof child === 'string' ? document.createTextNode(child) : child);
+    });
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) {
+      node.removeChild(node.firstChild);
+    }
+    return node;
+  }
+
+  function percent(p) {
+    return (Math.round(Number(p) * 1000) / 10).toFixed(1) + ' %';
+  }
+
+  function shortDate(iso) {
+    if (!iso) {
+      return '';
+    }
+    var d = new Date(iso);
+    if (isNaN(d.getTime())) {
+      return String(iso);
+    }
+    return d.toLocaleString();
+  }
+
+  function errorText(xhr) {
+    try {
+      var body = JSON.parse(xhr.responseText);
+      if (body && body.error) {
+        return String(body.error);
+      }
+      if (body && body.Message) {
+        return String(body.Message) + (body.Details ? ': ' + String(body.Details) : '');
+      }
+    } catch (e) { /* not JSON */ }
+    return 'HTTP ' + xhr.status + ' ' + (xhr.statusText || '');
+  }
+
+  function request(method, path, body) {
+    return $.ajax({
+      url: API + path,
+      type: method,
+      dataType: 'json',
+      contentType: 'application/json',
+      data: body === undefined ? undefined : JSON.stringify(body),
+      cache: false
+    });
+  }
+
+  function stylesheet() {
+    if (document.getElementById('ai-style')) {
+      return;
+    }
+    var style = el('style', { id: 'ai-style' });
+    style.textContent = typeof ORTHANC_AI_CSS === 'string' ? ORTHANC_AI_CSS : '';
+    document.head.appendChild(style);
+  }
+
+  // --- results of one instance -------------------------------------------------
+  function resultCard(prediction) {
+    var classes = Object.keys(prediction.classes || {}).map(function (name) {
+      return { name: name, p: Number(prediction.classes[name]) };
+    });
+    classes.sort(function (a, b) { return b.p - a.p; });
+    var rows = classes.map(function (c) {
+      var top = c.name === prediction.topClass;
+      return el('div', { className: 'ai-class' + (top ? ' ai-top' : ''), 'data-class': c.name,
+                         'data-probability': c.p }, [
+        el('span', { className: 'ai-class-name', text: c.name }),
+        el('span', { className: 'ai-bar' }, [
+          el('span', { className: 'ai-bar-fill', style: 'width:' + Math.max(0, Math.min(100, c.p * 100)).toFixed(1) + '%' })
+        ]),
+        el('span', { className: 'ai-class-p', text: percent(c.p) })
+      ]);
+    });
+    var details = ['version ' + prediction.version];
+    if (prediction.dataset) {
+      details.push('trained on ' + prediction.dataset);
+    }
+    details.push(shortDate(prediction.dateTime));
+    if (prediction.frame && prediction.frame > 1) {
+      details.push('frame ' + prediction.frame);
+    }
+    if (prediction.sourceFileName) {
+      details.push('file ' + prediction.sourceFileName);
+    }
+    return el('div', { className: 'ai-card', 'data-model': prediction.model }, [
+      el('div', { className: 'ai-card-head' }, [
+        el('span', { className: 'ai-model', text: prediction.model }),
+        el('span', { className: 'ai-verdict' }, [
+          el('span', { text: prediction.topClass }),
+          ' ',
+          el('span', { className: 'ai-verdict-p', text: percent(prediction.topProbability) })
+        ])
+      ]),
+      el('div', { className: 'ai-classes' }, rows),
+      el('div', { className: 'ai-meta', text: details.join(' · ') })
+    ]);
+  }
+
+  function statusLine(status, predictions) {
+    if (!status) {
+      return predictions.length ? null : 'Not predicted yet.';
+    }
+    if (status.state === 'skipped' || status.state === 'failed') {
+      return 'Last run ' + status.state + ': ' + (status.reason || '') + (status.at ? ' (' + shortDate(status.at) + ')' : '');
+    }
+    return null;
+  }
+
+  function instancePanel() {
+    var host = $('#instance .ui-block-b > div').first();
+    var panel = document.getElementById('ai-instance');
+    if (!panel) {
+      panel = el('div', { id: 'ai-instance', className: 'ai-panel' });
+      host.prepend(panel);
+    }
+    return panel;
+  }
+
+  function renderInstance(uuid, answer, message) {
+    if (shown.instance !== uuid) {
+      return;
+    }
+    var panel = clear(instancePanel());
+    var predictions = answer ? answer.predictions || [] : [];
+    predictions.sort(function (a, b) { return a.model < b.model ? -1 : (a.model > b.model ? 1 : 0); });
+    panel.appendChild(el('div', { className: 'ai-panel-head' }, [
+      el('h2', { text: 'AI results' }),
+      el('button', { type: 'button', id: 'ai-predict', className: 'ai-button',
+                     onclick: function () { openChooser('instance', uuid); } }, ['Predict…'])
+    ]));
+    var line = message || statusLine(answer && answer.status, predictions);
+    if (line) {
+      panel.appendChild(el('p', { className: 'ai-status', id: 'ai-instance-status', text: line }));
+    }
+    if (predictions.length) {
+      panel.appendChild(el('div', { className: 'ai-cards', id: 'ai-results' }, predictions.map(resultCard)));
+      panel.appendChild(el('p', { className: 'ai-disclaimer', text: DISCLAIMER }));
+    }
+  }
+
+  function loadInstance(uuid, waitForPrediction) {
+    var started = Date.now();
+    function poll() {
+      if (shown.instance !== uuid) {
+        return;
+      }
+      request('GET', '/instances/' + uuid + '/predictions').done(function (answer) {
+        var pending = waitForPrediction && !answer.status && !(answer.predictions || []).length;
+        if (pending && Date.now() - started < POLL_LIMIT_MS) {
+          renderInstance(uuid, answer, 'Predicting… (' + Math.round((Date.now() - started) / 1000) + ' s)');
+          window.setTimeout(poll, POLL_MS);
+          return;
+        }
+        renderInstance(uuid, answer);
+        if (waitForPrediction && !pending) {
+          refreshOrthancInstance();
+        }
+      }).fail(function (xhr) {
+        renderInstance(uuid, null, 'Cannot read the AI results: ' + errorText(xhr));
+      });
+    }
+    poll();
+  }
+
+  function refreshOrthancInstance() {
+    // Orthanc Explorer's own refresh, so its DICOM tag tree shows the new private tags.
+    if (typeof RefreshInstance === 'function') {
+      RefreshInstance();
+    }
+  }
+
+  // --- summary of a series or study --------------------------------------------
+  function childPanel(level) {
+    var id = 'ai-' + level;
+    var panel = document.getElementById(id);
+    if (!panel) {
+      panel = el('div', { id: id, className: 'ai-panel' });
+      $(level === 'series' ? '#series .ui-block-b > div' : '#study .ui-block-b > div').first().prepend(panel);
+    }
+    return panel;
+  }
+
+  function renderSummary(level, uuid, answer, message) {
+    if (shown[level] !== uuid) {
+      return;
+    }
+    var panel = clear(childPanel(level));
+    panel.appendChild(el('div', { className: 'ai-panel-head' }, [
+      el('h2', { text: 'AI results of this ' + NOUN[level] }),
+      el('button', { type: 'button', id: 'ai-predict-' + level, className: 'ai-button',
+                     onclick: function () { openChooser(level, uuid); } }, ['Predict…'])
+    ]));
+    if (message) {
+      panel.appendChild(el('p', { className: 'ai-status', id: 'ai-' + level + '-status', text: message }));
+    }
+    if (!answer) {
+      return;
+    }
+    var models = answer.models || [];
+    if (!(answer.instances || []).length) {
+      panel.appendChild(el('p', { className: 'ai-status', text: 'This ' + NOUN[level] + ' has no instance.' }));
+      return;
+    }
+    if (!models.length) {
+      panel.appendChild(el('p', { className: 'ai-status', text: 'No instance of this ' + NOUN[level] + ' carries AI results yet.' }));
+    }
+    var head = el('tr', {}, [el('th', { text: 'Instance' })].concat(models.map(function (m) {
+      return el('th', { text: m });
+    })).concat([el('th', { text: 'Last run' })]));
+    var body = answer.instances.map(function (row) {
+      var byModel = {};
+      (row.predictions || []).forEach(function (p) { byModel[p.model] = p; });
+      var label = (row.seriesNumber !== null && level === 'studies' ? 'S' + row.seriesNumber + ' · ' : '') +
+        (row.instanceNumber !== null ? '#' + row.instanceNumber : row.instance.substring(0, 8));
+      var cells = [el('td', {}, [el('a', { href: '#instance?uuid=' + encodeURIComponent(row.instance), text: label })])];
+      models.forEach(function (m) {
+        var p = byModel[m];
+        cells.push(p ? el('td', { className: 'ai-cell', 'data-model': m }, [
+          el('strong', { text: p.topClass }), ' ', el('span', { text: percent(p.topProbability) })
+        ]) : el('td', { className: 'ai-cell ai-none', text: '—' }));
+      });
+      var state = row.status ? row.status.state + (row.status.reason ? ': ' + row.status.reason : '') : 'not predicted';
+      cells.push(el('td', { className: 'ai-cell ai-state', text: state }));
+      return el('tr', { 'data-instance': row.instance }, cells);
+    });
+    panel.appendChild(el('table', { className: 'ai-summary' }, [el('thead', {}, [head]), el('tbody', {}, body)]));
+    if (answer.truncated) {
+      panel.appendChild(el('p', { className: 'ai-status', text: 'First ' + answer.instances.length + ' of ' +
+        answer.instanceCount + ' instances.' }));
+    }
+    panel.appendChild(el('p', { className: 'ai-disclaimer', text: DISCLAIMER }));
+  }
+
+  function loadSummary(level, uuid, message) {
+    var route = level === 'series' ? '/series/' : '/studies/';
+    renderSummary(level, uuid, null, message || 'Loading AI results…');
+    request('GET', route + uuid + '/predictions').done(function (answer) {
+      renderSummary(level, uuid, answer, message);
+    }).fail(function (xhr) {
+      renderSummary(level, uuid, null, 'Cannot read the AI results: ' + errorText(xhr));
+    });
+  }
+
+  // --- model chooser and prediction --------------------------------------------
+  function instancesOf(level, uuid) {
+    // Orthanc ids of the instances to predict, and one instance per series to pre-select models.
+    var deferred = $.Deferred();
+    if (level === 'instance') {
+      return deferred.resolve([uuid], [uuid]).promise();
+    }
+    var path = level === 'series' ? '../series/' + uuid : '../studies/' + uuid + '/series';
+    $.ajax({ url: path, dataType: 'json', cache: false }).done(function (answer) {
+      var series = level === 'series' ? [answer] : answer;
+      var all = [], samples = [];
+      series.forEach(function (s) {
+        all = all.concat(s.Instances || []);
+        if ((s.Instances || []).length) {
+          samples.push(s.Instances[0]);
+        }
+      });
+      deferred.resolve(all, samples);
+    }).fail(function (xhr) { deferred.reject(xhr); });
+    return deferred.promise();
+  }
+
+  function closeChooser() {
+    var overlay = document.getElementById('ai-chooser');
+    if (overlay) {
+      overlay.parentNode.removeChild(overlay);
+    }
+  }
+
+  function openChooser(level, uuid) {
+    closeChooser();
+    var box = el('div', { className: 'ai-dialog', role: 'dialog', 'aria-label': 'Choose models' }, [
+      el('h3', { text: 'Predict with…' }),
+      el('p', { className: 'ai-status', id: 'ai-chooser-status', text: 'Loading the models…' })
+    ]);
+    var overlay = el('div', { id: 'ai-chooser', className: 'ai-overlay' }, [box]);
+    document.body.appendChild(overlay);
+
+    instancesOf(level, uuid).done(function (instances, samples) {
+      var checks = samples.slice(0, 10).map(function (id) { return request('GET', '/instances/' + id + '/applicable'); });
+      $.when.apply($, checks.length ? checks : [request('GET', '/models')]).done(function () {
+        var answers = checks.length > 1 ? Array.prototype.slice.call(arguments).map(function (a) { return a[0]; })
+                                        : [arguments[0]];
+        fillChooser(box, level, uuid, instances, answers);
+      }).fail(function (xhr) {
+        document.getElementById('ai-chooser-status').textContent = 'Cannot read the models: ' + errorText(xhr);
+      });
+    }).fail(function (xhr) {
+      document.getElementById('ai-chooser-status').textContent = 'Cannot list the instances: ' + errorText(xhr);
+    });
+  }
+
+  function fillChooser(box, level, uuid, instances, answers) {
+    var models = answers[0].models || [];
+    var applicable = {}, reasons = {}, cannot = null;
+    answers.forEach(function (a) {
+      (a.applicable || []).forEach(function (name) { applicable[name] = true; });
+      Object.keys(a.notApplicable || {}).forEach(function (name) { reasons[name] = a.notApplicable[name]; });
+      if (a.cannotPredict) {
+        cannot = a.cannotPredict;
+      }
+    });
+    document.getElementById('ai-chooser-status').textContent = level === 'instance'
+      ? 'The models that apply to this image are ticked.'
+      : 'The models that apply to the images of this ' + NOUN[level] + ' are ticked; ' + instances.length +
+        ' instance(s) will be predicted.';
+    if (level === 'instance' && cannot) {
+      box.appendChild(el('p', { className: 'ai-warning', text: 'This instance cannot be analysed: ' + cannot }));
+    }
+    var list = el('div', { className: 'ai-models' }, models.map(function (m) {
+      var id = 'ai-model-' + m.name.replace(/[^a-z0-9_-]/gi, '_');
+      var input = el('input', { type: 'checkbox', id: id, value: m.name, 'data-model': m.name });
+      input.checked = !!applicable[m.name];
+      var why = !applicable[m.name] && reasons[m.name] ? 'does not apply: ' + reasons[m.name] : null;
+      return el('label', { className: 'ai-model-choice', 'for': id }, [
+        input,
+        el('span', { className: 'ai-model-text' }, [
+          el('strong', { text: m.name }), ' ', el('span', { text: m.version }),
+          el('br'),
+          el('span', { className: 'ai-meta', text: [m.title, m.dataset ? 'dataset ' + m.dataset : null]
+            .filter(Boolean).join(' · ') }),
+          why ? el('br') : null,
+          why ? el('span', { className: 'ai-meta ai-why', text: why }) : null
+        ])
+      ]);
+    }));
+    if (!models.length) {
+      list.appendChild(el('p', { className: 'ai-warning', text: 'No model is loaded.' }));
+    }
+    var progress = el('p', { className: 'ai-status', id: 'ai-progress' });
+    var run = el('button', { type: 'button', id: 'ai-run', className: 'ai-button ai-primary' }, ['Run']);
+    var cancel = el('button', { type: 'button', id: 'ai-cancel', className: 'ai-button', onclick: closeChooser }, ['Close']);
+    run.addEventListener('click', function () {
+      var chosen = $(list).find('input:checked').map(function () { return this.value; }).get();
+      if (!chosen.length) {
+        progress.textContent = 'Tick at least one model.';
+        return;
+      }
+      run.disabled = true;
+      cancel.disabled = true;
+      $(list).find('input').prop('disabled', true);
+      predictAll(level, uuid, instances, chosen, progress).always(function () {
+        cancel.disabled = false;
+      });
+    });
+    box.appendChild(list);
+    box.appendChild(progress);
+    box.appendChild(el('div', { className: 'ai-dialog-buttons' }, [run, cancel]));
+  }
+
+  function predictAll(level, uuid, instances, models, progress) {
+    // One instance after the other through POST /ai/instances/{id}/predict, so progress is real.
+    var deferred = $.Deferred();
+    var counts = {}, problems = [], index = 0, started = Date.now();
+    var timer = window.setInterval(show, 500);
+    function show() {
+      progress.textContent = 'Running ' + models.join(', ') + ': ' + index + ' of ' + instances.length +
+        ' image(s) done (' + Math.round((Date.now() - started) / 1000) + ' s)…';
+    }
+    function finish() {
+      window.clearInterval(timer);
+      var parts = Object.keys(counts).map(function (k) { return counts[k] + ' ' + k; });
+      progress.textContent = 'Done in ' + Math.round((Date.now() - started) / 100) / 10 + ' s: ' + parts.join(', ') +
+        (problems.length ? ' — ' + problems.slice(0, 3).join('; ') : '') + '.';
+      progress.setAttribute('data-done', 'true');
+      if (level === 'instance') {
+        loadInstance(uuid, false);
+        refreshOrthancInstance();
+      } else {
+        loadSummary(level, uuid);
+      }
+      if (!problems.length) {
+        window.setTimeout(closeChooser, 800);
+      }
+      deferred.resolve();
+    }
+    function next() {
+      if (index >= instances.length) {
+        finish();
+        return;
+      }
+      show();
+      request('POST', '/instances/' + instances[index] + '/predict', { models: models, force: true })
+        .done(function (answer) {
+          counts[answer.state] = (counts[answer.state] || 0) + 1;
+          if (answer.reason && answer.state !== 'predicted') {
+            problems.push(answer.reason);
+          }
+        })
+        .fail(function (xhr) {
+          counts.failed = (counts.failed || 0) + 1;
+          problems.push(errorText(xhr));
+        })
+        .always(function () {
+          index += 1;
+          next();
+        });
+    }
+    next();
+    return deferred.promise();
+  }
+
+  // --- upload of DICOM, PNG or JPEG -----------------------------------------------
+  var UPLOAD_FIELDS = [
+    ['patientName', 'Patient name', 'UNKNOWN^UPLOADED IMAGE', 'text'],
+    ['patientId', 'Patient ID', 'AI-UPLOAD', 'text'],
+    ['patientBirthDate', 'Birth date', '', 'date'],
+    ['patientSex', 'Sex (M, F, O)', '', 'text'],
+    ['studyDescription', 'Study description', 'Uploaded image', 'text'],
+    ['accessionNumber', 'Accession number', '', 'text']
+  ];
+
+  function uploadPanel() {
+    if (document.getElementById('ai-upload')) {
+      return;
+    }
+    var file = el('input', { type: 'file', id: 'ai-upload-file', accept: '.dcm,.dicom,.png,.jpg,.jpeg,image/png,image/jpeg,application/dicom' });
+    var fields = UPLOAD_FIELDS.map(function (f) {
+      return el('label', { className: 'ai-field', 'for': 'ai-upload-' + f[0] }, [
+        el('span', { text: f[1] }),
+        el('input', { type: f[3], id: 'ai-upload-' + f[0], 'data-field': f[0], placeholder: f[2], 'data-role': 'none' })
+      ]);
+    });
+    var status = el('p', { className: 'ai-status', id: 'ai-upload-status' });
+    var button = el('button', { type: 'button', id: 'ai-upload-button', className: 'ai-button ai-primary' },
+                    ['Upload and predict']);
+    button.addEventListener('click', function () { startUpload(file, status, button); });
+    var panel = el('div', { id: 'ai-upload', className: 'ai-panel' }, [
+      el('h2', { text: 'Upload an image for AI prediction' }),
+      el('p', { className: 'ai-meta', text: 'A DICOM file is stored as it is. A PNG or JPEG becomes a DICOM ' +
+        'Secondary Capture with the patient and study details below (the grey placeholders are the defaults), ' +
+        'then the models that apply to it run.' }),
+      el('div', {}, [file]),
+      el('div', { className: 'ai-fields' }, fields),
+      button,
+      status
+    ]);
+    $('#upload div[data-role="content"]').first().prepend(panel);
+  }
+
+  function readAsDataUrl(blob) {
+    var deferred = $.Deferred();
+    var reader = new FileReader();
+    reader.onload = function () { deferred.resolve(reader.result); };
+    reader.onerror = function () { deferred.reject(reader.error); };
+    reader.readAsDataURL(blob);
+    return deferred.promise();
+  }
+
+  function redrawAsPng(dataUrl) {
+    // For images Orthanc cannot convert (palette, grey+alpha, CMYK …): the browser decodes, we send RGB(A) PNG.
+    var deferred = $.Deferred();
+    var image = new Image();
+    image.onload = function () {
+      var canvas = document.createElement('canvas');
+      canvas.width = image.naturalWidth;
+      canvas.height = image.naturalHeight;
+      var context = canvas.getContext('2d');
+      context.fillStyle = '#000';
+      context.fillRect(0, 0, canvas.width, canvas.height);
+      context.drawImage(image, 0, 0);
+      deferred.resolve(canvas.toDataURL('image/png'));
+    };
+    image.onerror = function () { deferred.reject(); };
+    image.src = dataUrl;
+    return deferred.promise();
+  }
+
+  function startUpload(fileInput, status, button) {
+    var file = fileInput.files && fileInput.files[0];
+    if (!file) {
+      status.textContent = 'Choose a file first.';
+      return;
+    }
+    var body = { fileName: file.name };
+    $('#ai-upload input[data-field]').each(function () {
+      if (this.value) {
+        body[this.getAttribute('data-field')] = this.value;
+      }
+    });
+    button.disabled = true;
+    status.textContent = 'Reading ' + file.name + '…';
+    readAsDataUrl(file).done(function (dataUrl) {
+      send(dataUrl, true);
+    }).fail(function () {
+      status.textContent = 'Cannot read the file.';
+      button.disabled = false;
+    });
+
+    function send(content, mayRedraw) {
+      body.content = content;
+      status.textContent = 'Uploading ' + file.name + '…';
+      request('POST', '/upload', body).done(function (answer) {
+        status.textContent = 'Stored as a ' + (answer.kind === 'dicom' ? 'DICOM instance' : 'Secondary Capture') +
+          '; opening it…';
+        button.disabled = false;
+        fileInput.value = '';
+        pendingPrediction[answer.instance] = true;
+        window.location.assign('explorer.html#instance?uuid=' + encodeURIComponent(answer.instance));
+      }).fail(function (xhr) {
+        var convertible = false;
+        try { convertible = JSON.parse(xhr.responseText).convertible; } catch (e) { /* not JSON */ }
+        if (convertible && mayRedraw) {
+          status.textContent = 'Converting the image in the browser…';
+          redrawAsPng(content).done(function (png) { send(png, false); }).fail(function () {
+            status.textContent = 'Upload refused: ' + errorText(xhr);
+            button.disabled = false;
+          });
+          return;
+        }
+        status.textContent = 'Upload refused: ' + errorText(xhr);
+        button.disabled = false;
+      });
+    }
+  }
+
+  // Instances just uploaded: their page waits for the prediction.
+  var pendingPrediction = {};
+
+  // --- page hooks ------------------------------------------------------------------
+  stylesheet();
+
+  $('#instance').live('pagebeforeshow', function () {
+    var uuid = $.mobile.pageData && $.mobile.pageData.uuid;
+    if (!uuid) {
+      return;
+    }
+    shown.instance = uuid;
+    var wait = !!pendingPrediction[uuid];
+    delete pendingPrediction[uuid];
+    renderInstance(uuid, null, 'Loading AI results…');
+    loadInstance(uuid, wait);
+  });
+
+  $('#series').live('pagebeforeshow', function () {
+    var uuid = $.mobile.pageData && $.mobile.pageData.uuid;
+    if (uuid) {
+      shown.series = uuid;
+      loadSummary('series', uuid);
+    }
+  });
+
+  $('#study').live('pagebeforeshow', function () {
+    var uuid = $.mobile.pageData && $.mobile.pageData.uuid;
+    if (uuid) {
+      shown.studies = uuid;
+      loadSummary('studies', uuid);
+    }
+  });
+
+  $('#upload').live('pagebeforeshow', uploadPanel);
+
+  $(document).live('pagebeforehide', function () {
+    closeChooser();
+  });
+}());

@@ -1,0 +1,97 @@
+"""Orthanc labels for Orthanc Explorer 2 (Orthanc 1.12 and later): one per model and top class.
+
+Explorer 2 cannot be extended by plugins, but it lists, shows and filters studies
+by label. After each prediction the study of the instance gets the label
+``ai-<model>-<top class>`` (e.g. ``ai-lung-ct-3-Malignant``) for every model that
+ran, so a user can filter the study list on it. Labels exist from Orthanc 1.12.0
+(``PUT /studies/{id}/labels/{label}``) and allow only ``[A-Za-z0-9_-]``, 1–64
+characters. Debian's Orthanc 1.10.1 has none: nothing is labelled there.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import unicodedata
+from typing import Any, Mapping, Optional, Protocol
+
+log = logging.getLogger(__name__)
+
+PREFIX = "ai"
+MAX_LENGTH = 64
+_NOT_ALLOWED = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def label_part(text: str) -> str:
+    """Text made label-safe: accents dropped (é → e), each run of other characters one '_'."""
+    ascii_text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return _NOT_ALLOWED.sub("_", ascii_text).strip("_") or "x"
+
+
+def label_for(model: str, top_class: str) -> str:
+    """``ai-<model>-<class>``; a too long label is shortened with a hash so distinct ones stay distinct."""
+    label = f"{PREFIX}-{label_part(model)}-{label_part(top_class)}"
+    if len(label) <= MAX_LENGTH:
+        return label
+    digest = hashlib.sha1(f"{model}\0{top_class}".encode("utf-8")).hexdigest()[:8]
+    return f"{label[: MAX_LENGTH - 9]}_{digest}"
+
+
+def is_valid_label(label: str) -> bool:
+    return 0 < len(label) <= MAX_LENGTH and _NOT_ALLOWED.search(label) is None
+
+
+def _version_tuple(version: str) -> Optional[tuple[int, ...]]:
+    match = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", version.strip())
+    if not match:
+        return None
+    return tuple(int(part or 0) for part in match.groups())
+
+
+def supports_labels(system: Mapping[str, Any]) -> bool:
+    """From ``GET /system``: ``HasLabels`` where Orthanc says it (1.12+), else its version ≥ 1.12.
+
+    "mainline" (a development build) counts as recent.
+    """
+    if "HasLabels" in system:
+        return bool(system["HasLabels"])
+    version = str(system.get("Version", ""))
+    if version.lower() == "mainline":
+        return True
+    parsed = _version_tuple(version)
+    return parsed is not None and parsed >= (1, 12, 0)
+
+
+class LabelApi(Protocol):
+    def system(self) -> dict[str, Any]: ...
+
+    def instance_study(self, instance_id: str) -> str: ...
+
+    def add_study_label(self, study_id: str, label: str) -> None: ...
+
+
+class StudyLabeler:
+    """Called by the pipeline after each prediction (``PredictionPipeline.on_predicted``).
+
+    Whether Orthanc has labels is asked once, at the first prediction (from a
+    worker thread: the REST API is not called while the plugin loads).
+    """
+
+    def __init__(self, api: LabelApi) -> None:
+        self.api = api
+        self.enabled: Optional[bool] = None
+
+    def __call__(self, outcome: Any) -> None:
+        if outcome.state != "predicted" or not outcome.results:
+            return
+        if self.enabled is None:
+            system = self.api.system()
+            self.enabled = supports_labels(system)
+            log.info("Orthanc %s %s labels: predicted studies %s ai-<model>-<class> labels",
+                     system.get("Version"), "has" if self.enabled else "has no",
+                     "get" if self.enabled else "do not get")
+        if not self.enabled:
+            return
+        study = self.api.instance_study(outcome.instance_id)
+        for result in outcome.results:
+            self.api.add_study_label(study, label_for(result.model, result.top_class))
