@@ -124,9 +124,13 @@ class ModelCard:
         if output_kind not in ("logits", "probabilities"):
             raise ModelCardError(f"output.kind must be 'logits' or 'probabilities', not {output_kind!r}")
         dataset = raw.get("dataset", {})
-        dataset_name = str(dataset.get("name", "")) if isinstance(dataset, Mapping) else str(dataset)
+        # The tags carry a short name; "name" may be a longer description when "short_name" is given.
+        if isinstance(dataset, Mapping):
+            dataset_name = str(dataset.get("short_name") or dataset.get("name", ""))
+        else:
+            dataset_name = str(dataset)
         version = str(raw["version"])
-        for label, value in (("version", version), ("dataset.name", dataset_name)):
+        for label, value in (("version", version), ("dataset.short_name (or name)", dataset_name)):
             if len(value) > 64 or "\\" in value:
                 raise ModelCardError(f"{label} must fit a DICOM LO value (≤ 64 characters, no backslash)")
         return cls(
