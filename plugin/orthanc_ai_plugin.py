@@ -13,6 +13,12 @@ from pathlib import Path
 
 import orthanc
 
+# Before numpy is first imported: one BLAS/OpenMP thread per worker. Otherwise OpenBLAS starts a
+# thread per core for the resampling's matrix products, and on a small machine those threads fight
+# the other workers and Orthanc's own ingest (docs/benchmarks.md: 2.4x throughput on 2 cores).
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
 PLUGIN_DIRECTORY = Path(__file__).resolve().parent
 
 

@@ -39,6 +39,8 @@ class PluginConfig:
     # Per model: header rules that replace the model card's "applies_to".
     applies_to: Mapping[str, Mapping[str, list[Optional[str]]]] = field(default_factory=dict)
     workers: int = 2
+    # Added niceness of the worker threads, so Orthanc's own ingest wins the CPU and the plugin catches up.
+    worker_niceness: int = 10
     inference_threads: int = 1
     private_creator: str = DEFAULT_PRIVATE_CREATOR
     max_frame_pixels: int = 40_000_000
@@ -55,6 +57,7 @@ _KEYS: dict[str, tuple[str, type]] = {
     "EnabledModels": ("enabled_models", list),
     "AppliesTo": ("applies_to", dict),
     "Workers": ("workers", int),
+    "WorkerNiceness": ("worker_niceness", int),
     "InferenceThreads": ("inference_threads", int),
     "PrivateCreator": ("private_creator", str),
     "MaxFramePixels": ("max_frame_pixels", int),
@@ -103,6 +106,8 @@ def parse_config(orthanc_configuration: Mapping[str, Any], config_directory: Pat
 def _check_ranges(config: PluginConfig) -> None:
     if not 1 <= config.workers <= 32:
         raise ConfigurationError(f'"{SECTION}.Workers" must be between 1 and 32, not {config.workers}')
+    if not 0 <= config.worker_niceness <= 19:
+        raise ConfigurationError(f'"{SECTION}.WorkerNiceness" must be between 0 and 19')
     if not 1 <= config.inference_threads <= 64:
         raise ConfigurationError(f'"{SECTION}.InferenceThreads" must be between 1 and 64')
     if config.max_frame_pixels < 64 * 64:

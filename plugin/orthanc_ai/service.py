@@ -38,7 +38,7 @@ class PluginService:
         pipeline = PredictionPipeline(api, registry, config, status, echoes, node)
         work_queue = PredictionQueue(
             lambda instance_id: pipeline.process(instance_id, claim=True),
-            echoes, status, config.workers, config.queue_capacity,
+            echoes, status, config.workers, config.queue_capacity, config.worker_niceness,
         )
         recovery = BacklogRecovery(
             api, node, work_queue.submit, lambda: work_queue.length == 0 and work_queue.in_progress == 0

@@ -9,6 +9,7 @@ ingest never waits for inference.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from typing import Callable
@@ -29,11 +30,13 @@ class PredictionQueue:
         status: PluginStatus,
         workers: int,
         capacity: int,
+        niceness: int = 0,
     ) -> None:
         self._process = process
         self._echoes = echoes
         self._status = status
         self._worker_count = workers
+        self._niceness = niceness
         self._queue: queue.Queue = queue.Queue(maxsize=capacity)
         self._pending: set[str] = set()
         self._in_progress = 0
@@ -108,6 +111,7 @@ class PredictionQueue:
             return self._in_progress
 
     def _work(self) -> None:
+        _lower_priority(self._niceness)
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -123,4 +127,15 @@ class PredictionQueue:
             finally:
                 with self._lock:
                     self._in_progress -= 1
+
+
+def _lower_priority(niceness: int) -> None:
+    """Lower this thread's CPU priority (Linux keeps a niceness per thread)."""
+    if niceness <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + niceness, 19))
+    except OSError as error:
+        log.debug("Worker priority unchanged: %s", error)
 
