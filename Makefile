@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := orthanc orthanc-python dcmtk python3-venv
 # Orthanc Explorer tests (Playwright drives /usr/bin/chromium, it downloads no browser).
 DEBIAN_TEST_PACKAGES := orthanc-postgresql postgresql chromium
 
-.PHONY: run test install install-dev system-packages test-system-packages private-dictionary clean-state
+.PHONY: run test install install-dev system-packages test-system-packages bench train private-dictionary clean-state
 
 run: install
 	mkdir -p state
@@ -55,6 +55,23 @@ $(VENV)/.runtime-installed: requirements.txt
 
 $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+# Speed and memory side by side, with and without the plugin (docs/benchmarks.md); a few minutes.
+bench: install-dev
+	$(VENV)/bin/python bench/bench_models.py
+	$(VENV)/bin/python bench/bench_pipeline.py --idle-plugin
+	$(VENV)/bin/python bench/bench_router.py
+
+# Retrain and re-evaluate one model from ../shared/data, rewriting models/$(MODEL)/ (training/README.md).
+MODEL ?= lung-ct-3
+TRAIN_VENV := .venv-train
+train: $(TRAIN_VENV)/.installed
+	$(TRAIN_VENV)/bin/python -m training $(MODEL)
+
+$(TRAIN_VENV)/.installed: requirements-train.txt
+	[ -x $(TRAIN_VENV)/bin/pip ] || $(SYSTEM_PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install -q -r requirements-train.txt
 	touch $@
 
 # Regenerate orthanc.json's "Dictionary" and docs/private-tags.md from plugin/orthanc_ai/private_tags.py.
