@@ -36,7 +36,7 @@ def _from_confusion(cm: np.ndarray) -> dict:
 
 
 def evaluate(logits: np.ndarray, y: np.ndarray, classes: list[str], prior: np.ndarray,
-             n_boot: int = 10_000, seed: int = 0) -> dict:
+             n_boot: int = 10_000, seed: int = 0, groups: np.ndarray | None = None) -> dict:
     """All the figures of the report; ``prior`` = training class frequencies for the log-loss reduction."""
     k = len(classes)
     prob = softmax(logits.astype(np.float64))
@@ -77,7 +77,29 @@ def evaluate(logits: np.ndarray, y: np.ndarray, classes: list[str], prior: np.nd
         boot["log_loss_reduction"] = 1 - boot["log_loss"] / prior_nll[idx].mean(axis=1)
         result["ci95"] = {name: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for name, v in boot.items()}
         result["bootstrap_resamples"] = n_boot
+        if groups is not None:
+            result["ci95_group_bootstrap"] = _group_bootstrap(y, pred, nll, groups, k, n_boot, seed)
     return result
+
+
+def _group_bootstrap(y, pred, nll, groups, k, n_boot, seed) -> dict:
+    """CIs resampling whole groups (patients / duplicate clusters) instead of images."""
+    rng = np.random.default_rng(seed + 1)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
+    stats = {"micro_accuracy": [], "macro_accuracy": [], "macro_f1": [], "log_loss": []}
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        idx = np.concatenate([members[i] for i in pick])
+        cm = np.bincount(y[idx] * k + pred[idx], minlength=k * k).reshape(k, k)
+        with np.errstate(all="ignore"):
+            m = _from_confusion(cm)
+        for key in ("micro_accuracy", "macro_accuracy", "macro_f1"):
+            stats[key].append(float(m[key]))
+        stats["log_loss"].append(float(nll[idx].mean()))
+    out = {key: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for key, v in stats.items()}
+    out["groups"] = int(len(uniq))
+    return out
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:

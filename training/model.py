@@ -47,6 +47,17 @@ class PlainCNN(nn.Module):
         return self.head(self.dropout(x))
 
 
+class MeanEnsemble(nn.Module):
+    """Mean of the logits of several networks (exported as one graph)."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members], dim=0).mean(dim=0)
+
+
 class WithTemperature(nn.Module):
     """Divides the logits by a fitted temperature (folded into the exported graph)."""
 

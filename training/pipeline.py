@@ -57,12 +57,12 @@ def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epochs: int | None = None,
-        threads: int = 2, out_root: Path | None = None) -> None:
+        threads: int = 2, out_root: Path | None = None, shard: tuple[int, int] = (0, 1)) -> None:
     import torch
 
     from .export import check_onnx, export_onnx, latency_ms
-    from .model import WithTemperature
-    from .train import load_model, predict, train_run
+    from .model import MeanEnsemble, WithTemperature
+    from .train import fit_temperature, load_model, predict, train_run
 
     torch.set_num_threads(threads)
     cfg = configs.MODELS[name]
@@ -95,9 +95,23 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     assert not (set(g[tr]) & set(g[te])) and not (set(g[va]) & set(g[te])) and not (set(g[tr]) & set(g[va]))
     split_counts = {p: np.bincount(y[idx], minlength=k).tolist() for p, idx in parts.items()}
     print(f"[{name}] leakage-free split (per class {classes}): {split_counts}", flush=True)
-    lf_dir = runs / f"leakage_free-e{epochs}"
-    res = train_run(lf_dir, x, y, tr, va, train_cfg, spec.mean, spec.std, epochs, seed=1, log_prefix=f"[{name} leakage-free] ")
-    model = load_model(lf_dir, spec.channels, k, train_cfg)
+    n_members = int(train_cfg.get("ensemble", 1))
+    key_cfg = {key: v for key, v in train_cfg.items() if key != "ensemble"}
+    cfg_key = hashlib.sha1(json.dumps(key_cfg, sort_keys=True).encode()).hexdigest()[:8]
+    members, member_results = [], []
+    for member in range(n_members):
+        lf_dir = runs / (f"leakage_free-e{epochs}-{cfg_key}" + (f"-m{member + 1}" if member else ""))
+        tag = f"[{name} leakage-free" + (f" member {member + 1}/{n_members}" if n_members > 1 else "") + "] "
+        member_results.append(train_run(lf_dir, x, y, tr, va, key_cfg, spec.mean, spec.std, epochs, seed=1 + member, log_prefix=tag))
+        members.append(load_model(lf_dir, spec.channels, k, key_cfg))
+    if n_members == 1:
+        model = members[0]
+        res = member_results[0]
+    else:
+        model = MeanEnsemble(members).eval()
+        res = dict(member_results[0], temperature=fit_temperature(predict(model, x[va]), y[va]),
+                   best_epoch=", ".join(str(r["best_epoch"]) for r in member_results))
+    res["members"] = n_members
     shipped = WithTemperature(model, res["temperature"]).eval()
     onnx_path = out / "model.onnx"
     export_onnx(shipped, spec.channels, spec.height, spec.width, onnx_path)
@@ -106,7 +120,7 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     assert diff < 1e-3, diff
     prior = np.bincount(y[tr], minlength=k).astype(float)
     test_logits = onnx_logits(onnx_path, x[te])
-    lf = evaluate(test_logits, y[te], classes, prior)
+    lf = evaluate(test_logits, y[te], classes, prior, groups=g[te])
     val_logits = onnx_logits(onnx_path, x[va])
     lf_val = evaluate(val_logits, y[va], classes, prior, n_boot=0)
     lf_uncal = evaluate(predict(model, x[te]), y[te], classes, prior, n_boot=0)
@@ -145,15 +159,17 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     paper = []
     for seed in range(paper_seeds):
         ptr, pte = D.stratified_split(y, PAPER_TEST_FRACTION, seed)
-        pdir = runs / f"paper-e{paper_epochs}-seed{seed}"
+        pdir = runs / f"paper-e{paper_epochs}-{cfg_key}-seed{seed}"
         metrics_file = pdir / "metrics.json"
         if metrics_file.exists():
             paper.append(json.loads(metrics_file.read_text()))
             continue
+        if shard[0] < 0 or seed % shard[1] != shard[0]:
+            continue  # another process (--shard) trains this seed, or --no-new-paper-runs
         print(f"[{name}] paper protocol seed {seed + 1}/{paper_seeds} (70/30 image-level)", flush=True)
-        pres = train_run(pdir, x, y, ptr, None, train_cfg, spec.mean, spec.std, paper_epochs, seed=100 + seed,
+        pres = train_run(pdir, x, y, ptr, None, key_cfg, spec.mean, spec.std, paper_epochs, seed=100 + seed,
                          log_prefix=f"[{name} paper seed {seed}] ")
-        pm = load_model(pdir, spec.channels, k, train_cfg)
+        pm = load_model(pdir, spec.channels, k, key_cfg)
         m = evaluate(predict(pm, x[pte]), y[pte], classes, np.bincount(y[ptr], minlength=k).astype(float), n_boot=0)
         m["seed"] = seed
         m["train_seconds"] = pres.get("train_seconds")
@@ -197,17 +213,19 @@ def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, 
     classes = cfg["classes"]
     pre = dict(stub["preprocessing"])
     window = "" if not cfg["ct_window"] else (
-        f"for CT in Hounsfield units (modality LUT present) the lung window centre {cfg['ct_window']['center']} / "
+        f"for CT in Hounsfield units (modality LUT present) the window centre {cfg['ct_window']['center']} / "
         f"width {cfg['ct_window']['width']} HU is applied; ")
     pre["description"] = (
-        "Stored values -> modality LUT (Rescale Slope/Intercept, HU for CT); " + window +
-        "otherwise the file's own VOI window, else the stored bit range or robust 0.5-99.5 percentiles; MONOCHROME1 inverted; "
+        "DICOM: stored values -> modality LUT (Rescale Slope/Intercept, HU for CT); " + window +
+        ("otherwise " if window else "then ") +
+        "the file's own VOI window if it has one, else the stored bit range (8-bit) or robust 0.5-99.5 percentiles; MONOCHROME1 inverted; "
         "colour converted to BT.601 luma; " +
         ("padded to a black square then " if cfg["resize"] == "pad" else "stretched to the square input by ") +
         f"antialiased bilinear resize to {cfg['size']}x{cfg['size']}; (grey - 0.5) / 0.25. Training images (8-bit JPEG/PNG, "
         "already display-windowed by their publishers) are divided by 255 instead of the DICOM steps. " + cfg["resize_reason"])
     lf_card = {k: lf[k] for k in ("micro_accuracy", "macro_accuracy", "macro_f1", "log_loss", "log_loss_reduction", "test_images")}
     lf_card["ci95"] = lf["ci95"]
+    lf_card["ci95_group_bootstrap"] = lf.get("ci95_group_bootstrap")
     lf_card["per_class_recall"] = {c: lf["per_class"][c]["recall"] for c in classes}
     limitations = _limitations(name)
     n_images = len(items)
@@ -221,6 +239,7 @@ def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, 
         "preprocessing": pre,
         "applies_to": cfg["applies_to"],
         "dataset": {
+            "short_name": cfg["dataset_short_name"],  # what the DICOM tags carry (LO, at most 64 characters)
             "name": " + ".join(d["name"] for d in cfg["datasets"]),
             "licence": " | ".join(d["licence"] for d in cfg["datasets"]),
             "citation": " | ".join(d["citation"] for d in cfg["datasets"]),
@@ -230,7 +249,9 @@ def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, 
                       f"{group_stats['groups']} groups (exact + near duplicates + patient proxies); per class "
                       f"{ {p: dict(zip(classes, v)) for p, v in split_counts.items()} }"),
         },
-        "architecture": f"plain CNN, 9 convolutions with batch norm, width {train_cfg['width']}, trained from scratch",
+        "architecture": (f"plain CNN, 9 convolutions with batch norm, width {train_cfg['width']}, trained from scratch"
+                         + (f"; mean of the logits of {res['members']} such networks trained with different seeds (one ONNX graph)"
+                            if res.get("members", 1) > 1 else "")),
         "training": {k: v for k, v in train_cfg.items() if k != "augment"} | {"epochs": res["epochs"], "best_epoch": res["best_epoch"]},
         "intended_use": "For research and decision support only; not for clinical diagnosis.",
         "limitations": limitations,
@@ -254,6 +275,9 @@ def _limitations(name: str) -> list[str]:
             "IQ-OTH/NCCD has only about 110 patients and no patient IDs: the leakage-free split groups consecutive, similar "
             "slices as a patient proxy, which cannot guarantee patient separation; the paper-protocol figures leak patients and are optimistic.",
             "In IQ-OTH/NCCD all non-square images are Malignant (shortcut); mitigated by augmentation, see the report.",
+            "The training images come already windowed by their publishers (unknown window, looks like a soft-tissue "
+            "window); the card's ct_window (40/400 HU) imitates that look on real CT DICOM, but the models were never "
+            "validated on DICOM: expect a domain shift.",
         ]
     if name == "lung-ct-6":
         common += [

@@ -22,19 +22,23 @@ def augment(x: torch.Tensor, cfg: dict, mean: float, std: float, gen: torch.Gene
     def u(lo, hi):
         return torch.rand(n, generator=gen) * (hi - lo) + lo
 
-    angle = u(-cfg["rotate"], cfg["rotate"]) * math.pi / 180
-    scale = u(1 - cfg["scale"], 1 + cfg["scale"])
+    # Geometric resampling blurs the image (bilinear), so only a share geom_p of the samples is
+    # resampled; the others keep the exact preprocessed pixels the model sees at inference
+    # (with every sample resampled, the model learned blurred images and failed on clean ones).
+    geom = (torch.rand(n, generator=gen) < cfg.get("geom_p", 1.0)).float()
+    angle = u(-cfg["rotate"], cfg["rotate"]) * math.pi / 180 * geom
+    scale = 1 + u(-cfg["scale"], cfg["scale"]) * geom
     sx = scale.clone()
     sy = scale.clone()
     if cfg.get("squeeze_p", 0) > 0:
         # A square slice shown as if it were a 623x512 / 801x512 image padded to a square:
         # content squeezed vertically, black bands above and below (all classes alike).
-        squeeze = torch.rand(n, generator=gen) < cfg["squeeze_p"]
+        squeeze = (torch.rand(n, generator=gen) < cfg["squeeze_p"]) & (geom > 0)
         factor = u(0.62, 0.95)
         sy = torch.where(squeeze, sy * factor, sy)
     flip = torch.where(torch.rand(n, generator=gen) < cfg.get("hflip", 0.5), -1.0, 1.0)
-    tx = u(-cfg["translate"], cfg["translate"]) * 2
-    ty = u(-cfg["translate"], cfg["translate"]) * 2
+    tx = u(-cfg["translate"], cfg["translate"]) * 2 * geom
+    ty = u(-cfg["translate"], cfg["translate"]) * 2 * geom
     cos, sin = torch.cos(angle), torch.sin(angle)
     # grid_sample maps output coords to input coords: inverse of the forward transform.
     theta = torch.zeros(n, 2, 3)

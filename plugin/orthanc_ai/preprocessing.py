@@ -1,7 +1,7 @@
 """Turn a decoded image into the tensor a model expects.
 
 This is the single preprocessing implementation of the project: the training
-scripts in ``models/training`` import it too, so what a model saw while it was
+scripts in ``training/`` import it too, so what a model saw while it was
 trained is exactly what it sees inside Orthanc (no train/serve skew).
 
 Two steps:
