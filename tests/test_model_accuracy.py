@@ -27,8 +27,8 @@ from orthanc_ai.preprocessing import grey_from_8bit, unit_grey_to_tensor  # noqa
 
 MODELS = ["lung-ct-3", "lung-ct-6", "xray-bodypart"]
 # Re-running the same file on the same images is deterministic up to float rounding in the
-# resize and the ONNX kernels; 0.01 allows a couple of borderline images to flip.
-ACCURACY_TOLERANCE = 0.01
+# resize and the ONNX kernels; 0.005 allows a borderline image to flip on the larger splits.
+ACCURACY_TOLERANCE = 0.005  # the issue: the committed file reproduces the report within 0.5 point
 MAX_IMAGES = int(os.environ.get("ORTHANC_AI_ACCURACY_MAX_IMAGES", "0")) or None  # 0 = all
 
 
