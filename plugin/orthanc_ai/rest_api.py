@@ -19,6 +19,7 @@ from .orthanc_api import ResourceNotFound
 from .private_tags import read_results
 from .registry import UnknownModel
 from .service import PluginService
+from .request_body import BadRequest, json_object
 from .routing import decide
 from .tagging import stored_results
 
@@ -26,10 +27,6 @@ log = logging.getLogger(__name__)
 
 Response = tuple[int, Any]
 PREDICT_KEYS = {"models", "force"}
-
-
-class BadRequest(ValueError):
-    pass
 
 
 def list_models(service: PluginService) -> Response:
@@ -229,17 +226,7 @@ def _int_or_none(value: Any) -> Optional[int]:
 
 
 def _parse_predict_body(body: bytes) -> tuple[Optional[list[str]], bool]:
-    if not body or not body.strip():
-        return None, True
-    try:
-        request = json.loads(body)
-    except ValueError as error:
-        raise BadRequest(f"request body is not JSON: {error}") from error
-    if not isinstance(request, dict):
-        raise BadRequest('request body must be a JSON object such as {"models": ["lung-ct-3"]}')
-    unknown = set(request) - PREDICT_KEYS
-    if unknown:
-        raise BadRequest(f"unknown key(s) {sorted(unknown)}; accepted: {sorted(PREDICT_KEYS)}")
+    request = json_object(body, PREDICT_KEYS, '{"models": ["lung-ct-3"]}')
     models = request.get("models")
     if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
         raise BadRequest('"models" must be a list of model names')
@@ -269,9 +256,9 @@ def guarded(handler: Callable[..., Response], *args: Any) -> Response:
 # --- routing -------------------------------------------------------------------------------
 def route_instance(service: PluginService, instance_id: str, body: bytes) -> Response:
     """Apply the routing rules to an instance's stored results now; ``{"resend": true}`` sends again."""
-    request = json.loads(body) if body and body.strip() else {}
-    if not isinstance(request, dict) or set(request) - {"resend"} or not isinstance(request.get("resend", False), bool):
-        raise BadRequest('body must be empty or {"resend": true|false}')
+    request = json_object(body, {"resend"}, '{"resend": true}')
+    if not isinstance(request.get("resend", False), bool):
+        raise BadRequest('"resend" must be true or false')
     results = stored_results(service.api.instance_file(instance_id), service.config.private_creator)
     decisions = decide(service.forwarder.policy, results)
     entries = service.forwarder.route(instance_id, decisions, resend=request.get("resend", False))

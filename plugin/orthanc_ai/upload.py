@@ -17,7 +17,6 @@ import base64
 import binascii
 import hashlib
 import io
-import json
 import re
 import struct
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from typing import Any, Mapping, Optional
 
 import pydicom
 from pydicom.uid import generate_uid
+
+from .request_body import BadRequest, json_object
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 UPLOAD_KEYS = {
@@ -43,7 +44,7 @@ _PNG_COLOUR_TYPES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey with alpha", 6:
 _PNG_CONVERTED = {0, 2, 6}
 
 
-class UploadError(ValueError):
+class UploadError(BadRequest):
     """A request the upload route refuses (answered with 400 and the message).
 
     ``convertible`` tells the Explorer that the browser can redraw the image as an
@@ -66,14 +67,9 @@ class Upload:
 def parse_upload(body: bytes, max_bytes: int) -> Upload:
     """Validate the JSON body of ``POST /ai/upload``; raises ``UploadError`` with a clear message."""
     try:
-        request = json.loads(body or b"")
-    except ValueError as error:
-        raise UploadError(f"request body is not JSON: {error}") from error
-    if not isinstance(request, dict):
-        raise UploadError('request body must be a JSON object such as {"fileName": "x.png", "content": "data:…"}')
-    unknown = set(request) - UPLOAD_KEYS
-    if unknown:
-        raise UploadError(f"unknown key(s) {sorted(unknown)}; accepted: {sorted(UPLOAD_KEYS)}")
+        request = json_object(body, UPLOAD_KEYS, '{"fileName": "x.png", "content": "data:…"}')
+    except BadRequest as error:
+        raise UploadError(str(error)) from error
     for key, value in request.items():
         if value is not None and not isinstance(value, str):
             raise UploadError(f'"{key}" must be a string')
