@@ -23,13 +23,15 @@ def main() -> None:
                              "with the default to write the report with every seed)")
     parser.add_argument("--no-new-paper-runs", action="store_true",
                         help="report the paper-protocol seeds already finished, train no new ones")
+    parser.add_argument("--stage", choices=["all", "paper"], default="all",
+                        help="paper: only train the paper-protocol repeats (with --shard), no export and no report")
     args = parser.parse_args()
     shard = (-1, 1) if args.no_new_paper_runs else tuple(int(v) for v in args.shard.split("/"))
     from .pipeline import run
 
     names = sorted(MODELS) if args.name == "all" else [args.name]
     for name in names:
-        run(name, paper_seeds=args.paper_seeds, epochs=args.epochs, paper_epochs=args.paper_epochs, threads=args.threads, shard=shard)
+        run(name, paper_seeds=args.paper_seeds, epochs=args.epochs, paper_epochs=args.paper_epochs, threads=args.threads, shard=shard, stage=args.stage)
 
 
 if __name__ == "__main__":

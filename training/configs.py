@@ -16,7 +16,13 @@ CT_AUGMENT = {
 # * resampling every training image (rotate/scale) blurred all of them and the network then failed
 #   on the sharp preprocessed images it sees at inference -> only half the samples are resampled
 #   (geom_p); flips are exact and stay.
-CT_TRAIN = {"width": 24, "dropout": 0.3, "lr": 2e-3, "weight_decay": 5e-4, "ema": 0.0}
+# * with lr 2e-3-3e-3 the validation figures swung between epochs (eval-mode predictions collapsing
+#   to one class for a few epochs); on the leakage-free validation part of lung-ct-3, 40 epochs at
+#   lr 1e-3 with class weights (inverse frequency)^0.75 gave the best mean of micro and macro accuracy
+#   (0.849 / 0.675, log-loss 0.46) among the recipes tried (25 epochs lr 2e-3 power 0.5: 0.842 / 0.640;
+#   40 epochs lr 2e-3 power 1.0: 0.764 / 0.710; light augmentation power 1.0: 0.776 / 0.675).
+#   The validation part holds only 4 Benign patient groups, so these differences are within noise.
+CT_TRAIN = {"width": 24, "dropout": 0.3, "lr": 1e-3, "weight_decay": 5e-4, "ema": 0.0, "class_weight_power": 0.75}
 XRAY_AUGMENT = {
     "rotate": 12.0, "scale": 0.12, "translate": 0.08, "hflip": 0.5, "squeeze_p": 0.0,
     "contrast": 0.25, "brightness": 0.08, "gamma": 0.25,
@@ -27,10 +33,31 @@ TRAIN = {"width": 24, "dropout": 0.3, "batch": 32, "lr": 3e-3, "weight_decay": 5
 # figures were stable (macro-F1 0.98-0.99), so it was not retrained after the CT findings above.
 
 
+# The paper protocol's image-level split puts slices of one patient (and exact copies) on both sides,
+# so the published figures come from networks fitted closely to the training slices, not from the
+# heavily augmented, regularised recipe that is best for unseen patients. Its repeats use this lighter
+# recipe, chosen on an 80/20 split of the seed-0 paper training part (never its test part): 30 epochs
+# reached validation micro 0.955-0.968 / macro 0.92-0.95 / log-loss 0.10 on lung-ct-3, against about
+# 0.87 with the CT_TRAIN recipe at 10 epochs. lung-ct-6 has twice the images, so its 12 epochs give about as many steps as 25 of lung-ct-3.
+PAPER_CT_AUGMENT = {
+    "geom_p": 0.3, "rotate": 5.0, "scale": 0.05, "translate": 0.03, "hflip": 0.5, "squeeze_p": 0.0,
+    "contrast": 0.05, "brightness": 0.02, "gamma": 0.05,
+}
+PAPER_CT_TRAIN = {"dropout": 0.1, "lr": 3e-3, "ema": 0.0, "class_weight_power": 0.5}
+
+
 def train_config(name: str) -> dict:
     """TRAIN with the model's own overrides, plus its augmentation."""
     cfg = MODELS[name]
     return dict(TRAIN, **cfg.get("train", {}), augment=cfg["augment"])
+
+
+def paper_train_config(name: str) -> dict:
+    """The recipe of the paper-protocol repeats: the model's own, unless it names a paper recipe."""
+    cfg = MODELS[name]
+    if "paper_train" not in cfg:
+        return train_config(name)
+    return {**TRAIN, **cfg.get("train", {}), **cfg["paper_train"], "augment": cfg["paper_augment"]}
 
 LUNG_APPLIES_TO = {"Modality": ["CT"], "BodyPartExamined": ["CHEST", "LUNG", "THORAX", None]}
 # The training JPEGs were windowed by their publishers with an unknown window. IQ-OTH/NCCD slices show
@@ -69,18 +96,25 @@ PAD_REASON = (
     "information; the report gives test figures on square images only as a check. " + WINDOW_REASON
 )
 
+# What the two lung CT models share: input, preprocessing, applicability and both training recipes.
+LUNG_CT = {
+    "size": 160,
+    "resize": "pad",
+    "ct_window": CT_WINDOW,
+    "applies_to": LUNG_APPLIES_TO,
+    "augment": CT_AUGMENT,
+    "train": CT_TRAIN,
+    "epochs": 40,
+    "paper_train": PAPER_CT_TRAIN,
+    "paper_augment": PAPER_CT_AUGMENT,
+}
+
 MODELS = {
     "lung-ct-3": {
         "title": "Lung CT pathology (3 classes)",
         "classes": ["Benign", "Malignant", "Normal"],
-        "size": 160,
-        "resize": "pad",
-        "ct_window": CT_WINDOW,
-        "applies_to": LUNG_APPLIES_TO,
-        "augment": CT_AUGMENT,
-        "train": CT_TRAIN,
-        "epochs": 25,
-        "paper_epochs": 10,
+        **LUNG_CT,
+        "paper_epochs": 25,
         "resize_reason": PAD_REASON,
         "datasets": [IQ_DATASET],
         "dataset_short_name": "IQ-OTH/NCCD",
@@ -88,14 +122,8 @@ MODELS = {
     "lung-ct-6": {
         "title": "Lung CT pathology (6 classes, IQ-OTH/NCCD + Chest CT-Scan images)",
         "classes": ["Adenocarcinoma", "Benign", "Large_Cell_Carcinoma", "Malignant", "Normal", "Squamous_Cell_Carcinoma"],
-        "size": 160,
-        "resize": "pad",
-        "ct_window": CT_WINDOW,
-        "applies_to": LUNG_APPLIES_TO,
-        "augment": CT_AUGMENT,
-        "train": CT_TRAIN,
-        "epochs": 25,
-        "paper_epochs": 6,
+        **LUNG_CT,
+        "paper_epochs": 12,
         "resize_reason": PAD_REASON + " The Chest CT-Scan images are about 400x270 (normal about 600x480), so they are "
                          "padded too; their size difference is a source cue the augmentation also blurs.",
         "datasets": [IQ_DATASET, CHEST_CT_DATASET],

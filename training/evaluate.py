@@ -109,18 +109,13 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
 
     ep = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    axes[0].plot(ep, [h["train_loss"] for h in history], label="train (augmented)")
-    if "val_loss" in history[0]:
-        axes[0].plot(ep, [h["val_loss"] for h in history], label="validation")
-    axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("cross-entropy loss")
-    axes[0].legend()
-    axes[1].plot(ep, [h["train_acc"] for h in history], label="train (augmented)")
-    if "val_acc" in history[0]:
-        axes[1].plot(ep, [h["val_acc"] for h in history], label="validation")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel("accuracy")
-    axes[1].legend()
+    for ax, key, label in ((axes[0], "loss", "cross-entropy loss"), (axes[1], "acc", "accuracy")):
+        ax.plot(ep, [h[f"train_{key}"] for h in history], label="train (augmented)")
+        if f"val_{key}" in history[0]:
+            ax.plot(ep, [h[f"val_{key}"] for h in history], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -1,11 +1,13 @@
 """ONNX export (opset 17, dynamic batch), check against torch, latency measurement."""
 from __future__ import annotations
 
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .data import REPO_ROOT
 
 OPSET = 17
 
@@ -42,21 +44,8 @@ def check_onnx(model: torch.nn.Module, path: Path, sample: np.ndarray) -> float:
 
 
 def latency_ms(path: Path, runs: int = 300, warmup: int = 30) -> float:
-    """Median ms/image at batch 1 with one intra-op thread (same method as bench/bench_models.py)."""
-    import onnxruntime as ort
+    """Median ms/image at batch 1 with one intra-op thread, measured by bench/bench_models.py itself."""
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from bench_models import bench
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    shape = [1] + [int(d) for d in inp.shape[1:]]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(warmup):
-        sess.run(None, {inp.name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {inp.name: x})
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000)
+    return bench(path, runs, warmup)[0]

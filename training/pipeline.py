@@ -57,7 +57,8 @@ def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epochs: int | None = None,
-        threads: int = 2, out_root: Path | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+        threads: int = 2, out_root: Path | None = None, shard: tuple[int, int] = (0, 1), stage: str = "all") -> None:
+    """The whole run (stage "all"), or only the paper-protocol repeats (stage "paper": no export, no report)."""
     import torch
 
     from .export import check_onnx, export_onnx, latency_ms
@@ -88,6 +89,9 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     stub = configs.card_stub(name)
     spec = Preprocessing.from_card(stub)
     x = build_cache(name, items, spec, root)
+    if stage == "paper":
+        paper_protocol(name, x, y, paper_seeds, paper_epochs, shard)
+        return
 
     # ---------------------------------------------------------------- leakage-free protocol
     parts = D.grouped_stratified_split(y, g, LEAKAGE_FREE_FRACTIONS, LEAKAGE_FREE_SEED)
@@ -155,27 +159,7 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     }
     (out / "test_split.json").write_text(json.dumps(test_split, indent=1) + "\n")
 
-    # ---------------------------------------------------------------- paper protocol
-    paper = []
-    for seed in range(paper_seeds):
-        ptr, pte = D.stratified_split(y, PAPER_TEST_FRACTION, seed)
-        pdir = runs / f"paper-e{paper_epochs}-{cfg_key}-seed{seed}"
-        metrics_file = pdir / "metrics.json"
-        if metrics_file.exists():
-            paper.append(json.loads(metrics_file.read_text()))
-            continue
-        if shard[0] < 0 or seed % shard[1] != shard[0]:
-            continue  # another process (--shard) trains this seed, or --no-new-paper-runs
-        print(f"[{name}] paper protocol seed {seed + 1}/{paper_seeds} (70/30 image-level)", flush=True)
-        pres = train_run(pdir, x, y, ptr, None, key_cfg, spec.mean, spec.std, paper_epochs, seed=100 + seed,
-                         log_prefix=f"[{name} paper seed {seed}] ")
-        pm = load_model(pdir, spec.channels, k, key_cfg)
-        m = evaluate(predict(pm, x[pte]), y[pte], classes, np.bincount(y[ptr], minlength=k).astype(float), n_boot=0)
-        m["seed"] = seed
-        m["train_seconds"] = pres.get("train_seconds")
-        metrics_file.write_text(json.dumps(m, indent=1))
-        paper.append(m)
-        print(f"[{name}] paper seed {seed}: micro {m['micro_accuracy']:.4f} macro {m['macro_accuracy']:.4f} log-loss {m['log_loss']:.4f}", flush=True)
+    paper = paper_protocol(name, x, y, paper_seeds, paper_epochs, shard)
     paper_summary = _summarise_paper(paper, paper_epochs)
     if paper:
         best = max(paper, key=lambda m: m["micro_accuracy"])
@@ -189,6 +173,43 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     write_report(out, name, cfg, card, lf, lf_val, lf_uncal, extra, paper, paper_summary, res, group_stats,
                  split_counts, epochs, paper_epochs, wall)
     print(f"[{name}] done in {wall / 60:.1f} min: {out}", flush=True)
+
+
+def paper_protocol(name: str, x: np.ndarray, y: np.ndarray, seeds: int, epochs: int, shard: tuple[int, int]) -> list[dict]:
+    """Stratified 70/30 image-level repeats with the model's paper recipe; finished seeds are reused.
+
+    ``shard`` = (i, n) trains only the seeds with seed % n == i, so n processes can share the work;
+    i < 0 trains none and returns the finished ones.
+    """
+    from .train import load_model, predict, train_run
+
+    classes = configs.MODELS[name]["classes"]
+    k = len(classes)
+    paper_cfg = configs.paper_train_config(name)
+    cfg_key = hashlib.sha1(json.dumps(paper_cfg, sort_keys=True).encode()).hexdigest()[:8]
+    runs = D.CACHE_DIR / "runs" / name
+    spec = Preprocessing.from_card(configs.card_stub(name))
+    paper = []
+    for seed in range(seeds):
+        ptr, pte = D.stratified_split(y, PAPER_TEST_FRACTION, seed)
+        pdir = runs / f"paper-e{epochs}-{cfg_key}-seed{seed}"
+        metrics_file = pdir / "metrics.json"
+        if metrics_file.exists():
+            paper.append(json.loads(metrics_file.read_text()))
+            continue
+        if shard[0] < 0 or seed % shard[1] != shard[0]:
+            continue  # another process (--shard) trains this seed, or --no-new-paper-runs
+        print(f"[{name}] paper protocol seed {seed + 1}/{seeds} (70/30 image-level)", flush=True)
+        pres = train_run(pdir, x, y, ptr, None, paper_cfg, spec.mean, spec.std, epochs, seed=100 + seed,
+                         log_prefix=f"[{name} paper seed {seed}] ")
+        pm = load_model(pdir, x.shape[1], k, paper_cfg)
+        m = evaluate(predict(pm, x[pte]), y[pte], classes, np.bincount(y[ptr], minlength=k).astype(float), n_boot=0)
+        m["seed"] = seed
+        m["train_seconds"] = pres.get("train_seconds")
+        metrics_file.write_text(json.dumps(m, indent=1))
+        paper.append(m)
+        print(f"[{name}] paper seed {seed}: micro {m['micro_accuracy']:.4f} macro {m['macro_accuracy']:.4f} log-loss {m['log_loss']:.4f}", flush=True)
+    return paper
 
 
 def _is_square(path: Path) -> bool:
