@@ -142,10 +142,15 @@ class OrthancProcess:
         assert status == 200, f"POST /instances → {status}: {answer[:300]!r}"
         return json.loads(answer)
 
-    def store_cstore(self, files: Sequence[Path], calling_aet: str = "MODALITY") -> subprocess.CompletedProcess:
-        """C-STORE with DCMTK's storescu, as a modality would."""
-        command = ["storescu", "-aet", calling_aet, "-aec", self.aet, "-R", "127.0.0.1", str(self.dicom_port),
-                   *map(str, files)]
+    def store_cstore(self, files: Sequence[Path], calling_aet: str = "MODALITY",
+                     storescu_options: Sequence[str] = ()) -> subprocess.CompletedProcess:
+        """C-STORE with DCMTK's storescu, as a modality would.
+
+        storescu proposes only uncompressed transfer syntaxes unless told otherwise: pass e.g. ``("-xy",)``
+        to also propose JPEG baseline, as a modality sending JPEG files does.
+        """
+        command = ["storescu", "-aet", calling_aet, "-aec", self.aet, "-R", *storescu_options,
+                   "127.0.0.1", str(self.dicom_port), *map(str, files)]
         return subprocess.run(command, capture_output=True, text=True, timeout=600,
                               env=dict(os.environ, TCP_NODELAY="1"))
 
