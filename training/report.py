@@ -26,10 +26,10 @@ TARGET_NOTES = {
         "80/20 split of the seed-0 training part and not tuned further: what is left to gain under an image-level split "
         "is memorising near-duplicate slices that leak across it, which says nothing about unseen patients."),
     "lung-ct-6": (
-        "Why the paper-protocol target is missed: each repeat had only 6 epochs (time budget), which is far from "
-        "convergence on 1,427 training images; the shipped model (25 epochs) is the better estimate of what this network "
-        "does. The leakage-free figures are limited by the same Benign/Normal confusion as lung-ct-3 and by the carcinoma "
-        "subtypes, which come from web-assembled images with few distinct patients."),
+        "The paper-protocol repeats use 40 epochs, chosen with `python -m training.paper_recipe_check lung-ct-6 --epochs 25 40` "
+        "on an inner split of the seed-0 training part (25 epochs still underfit). The leakage-free figures are limited by "
+        "the same Benign/Normal confusion as lung-ct-3 and by the carcinoma subtypes, which come from web-assembled images "
+        "with few distinct patients."),
     "xray-bodypart": (
         "The target is met, but every class comes from one or two sources, so part of the accuracy may come from source "
         "style (see the limitations); there is no abdominal class. Radiographs from sources it never saw: three full-size "
