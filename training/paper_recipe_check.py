@@ -9,8 +9,6 @@ part is never read, so the chosen epoch count is not tuned on any test image.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -18,7 +16,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from . import configs, data as D  # noqa: E402
-from .pipeline import PAPER_TEST_FRACTION, build_cache  # noqa: E402
+from .pipeline import PAPER_TEST_FRACTION, load_model_data, recipe_key  # noqa: E402
 
 INNER_VALIDATION_FRACTION = 0.2
 
@@ -32,27 +30,22 @@ def main() -> None:
 
     import torch
 
-    from orthanc_ai.preprocessing import Preprocessing
     from .evaluate import evaluate
     from .train import load_model, predict, train_run
 
     torch.set_num_threads(args.threads)
     classes = configs.MODELS[args.name]["classes"]
-    root = D.data_dir()
-    items = configs.load_items(args.name, root)
-    y = np.array([it.label for it in items])
-    spec = Preprocessing.from_card(configs.card_stub(args.name))
-    x = build_cache(args.name, items, spec, root)
+    data = load_model_data(args.name)
+    y, x, spec = data.y, data.x, data.spec
     paper_train, _ = D.stratified_split(y, PAPER_TEST_FRACTION, seed=0)  # its test part is left alone
     inner_train_pos, inner_val_pos = D.stratified_split(y[paper_train], INNER_VALIDATION_FRACTION, seed=0)
     inner_train, inner_val = paper_train[inner_train_pos], paper_train[inner_val_pos]
     paper_cfg = configs.paper_train_config(args.name)
-    cfg_key = hashlib.sha1(json.dumps(paper_cfg, sort_keys=True).encode()).hexdigest()[:8]
     prior = np.bincount(y[inner_train], minlength=len(classes)).astype(float)
     print(f"[{args.name}] paper recipe {paper_cfg}; inner train {len(inner_train)}, inner validation {len(inner_val)}", flush=True)
     rows = []
     for epochs in args.epochs:
-        run_dir = D.CACHE_DIR / "runs" / args.name / f"paper-recipe-check-e{epochs}-{cfg_key}"
+        run_dir = D.CACHE_DIR / "runs" / args.name / f"paper-recipe-check-e{epochs}-{recipe_key(paper_cfg)}"
         # no validation part passed to train_run: like a paper repeat, the last epoch is kept with T = 1
         train_run(run_dir, x, y, inner_train, None, paper_cfg, spec.mean, spec.std, epochs, seed=100,
                   log_prefix=f"[{args.name} paper recipe, {epochs} epochs] ")

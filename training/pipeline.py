@@ -5,6 +5,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,49 @@ def build_cache(name: str, items: list[D.Item], spec: Preprocessing, root: Path)
     return x
 
 
+@dataclass
+class ModelData:
+    """One model's images: labels, duplicate/patient groups and the preprocessed tensors."""
+    items: list[D.Item]
+    y: np.ndarray
+    groups: np.ndarray
+    group_stats: dict
+    spec: Preprocessing
+    x: np.ndarray
+
+
+def load_model_data(name: str) -> ModelData:
+    root = D.data_dir()
+    if not root.exists():
+        raise SystemExit(f"data folder {root} not found (set ORTHANC_AI_DATA)")
+    print(f"[{name}] listing images and grouping duplicates / patients", flush=True)
+    items = configs.load_items(name, root)
+    groups, group_stats = D.assign_groups(items, root)
+    print(f"[{name}] {len(items)} images, {group_stats}", flush=True)
+    spec = Preprocessing.from_card(configs.card_stub(name))
+    return ModelData(items, np.array([it.label for it in items]), np.array(groups), group_stats, spec,
+                     build_cache(name, items, spec, root))
+
+
+def leakage_free_split(data: ModelData) -> dict[str, np.ndarray]:
+    """Grouped stratified train/val/test; no group crosses parts."""
+    parts = D.grouped_stratified_split(data.y, data.groups, LEAKAGE_FREE_FRACTIONS, LEAKAGE_FREE_SEED)
+    g = data.groups
+    tr, va, te = parts["train"], parts["val"], parts["test"]
+    assert not (set(g[tr]) & set(g[te])) and not (set(g[va]) & set(g[te])) and not (set(g[tr]) & set(g[va]))
+    return parts
+
+
+def recipe_key(recipe: dict) -> str:
+    """Short hash of a training recipe: run folders of different recipes never mix."""
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def member_run_dir(name: str, epochs: int, recipe: dict, member: int) -> Path:
+    """Run folder of network ``member`` (0-based) of the shipped (leakage-free) model; trained with seed member + 1."""
+    return D.CACHE_DIR / "runs" / name / (f"leakage_free-e{epochs}-{recipe_key(recipe)}" + (f"-m{member + 1}" if member else ""))
+
+
 def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
@@ -70,44 +114,32 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     classes = cfg["classes"]
     k = len(classes)
     root = D.data_dir()
-    if not root.exists():
-        raise SystemExit(f"data folder {root} not found (set ORTHANC_AI_DATA)")
     out = (out_root or D.REPO_ROOT / "models") / name
-    out.mkdir(parents=True, exist_ok=True)
-    runs = D.CACHE_DIR / "runs" / name
     epochs = epochs or cfg["epochs"]
     paper_epochs = paper_epochs or cfg["paper_epochs"]
     train_cfg = configs.train_config(name)
     t_start = time.time()
 
-    print(f"[{name}] listing images and grouping duplicates / patients", flush=True)
-    items = configs.load_items(name, root)
-    groups, group_stats = D.assign_groups(items, root)
-    y = np.array([it.label for it in items])
-    g = np.array(groups)
-    print(f"[{name}] {len(items)} images, {group_stats}", flush=True)
+    data = load_model_data(name)
+    items, y, g, group_stats, spec, x = data.items, data.y, data.groups, data.group_stats, data.spec, data.x
     stub = configs.card_stub(name)
-    spec = Preprocessing.from_card(stub)
-    x = build_cache(name, items, spec, root)
     if stage == "paper":
         paper_protocol(name, x, y, paper_seeds, paper_epochs, shard)
         return
+    out.mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------- leakage-free protocol
-    parts = D.grouped_stratified_split(y, g, LEAKAGE_FREE_FRACTIONS, LEAKAGE_FREE_SEED)
+    parts = leakage_free_split(data)
     tr, va, te = parts["train"], parts["val"], parts["test"]
-    assert not (set(g[tr]) & set(g[te])) and not (set(g[va]) & set(g[te])) and not (set(g[tr]) & set(g[va]))
     split_counts = {p: np.bincount(y[idx], minlength=k).tolist() for p, idx in parts.items()}
     print(f"[{name}] leakage-free split (per class {classes}): {split_counts}", flush=True)
-    n_members = int(train_cfg.get("ensemble", 1))
-    key_cfg = {key: v for key, v in train_cfg.items() if key != "ensemble"}
-    cfg_key = hashlib.sha1(json.dumps(key_cfg, sort_keys=True).encode()).hexdigest()[:8]
+    n_members = cfg.get("ensemble", 1)
     members, member_results = [], []
     for member in range(n_members):
-        lf_dir = runs / (f"leakage_free-e{epochs}-{cfg_key}" + (f"-m{member + 1}" if member else ""))
+        lf_dir = member_run_dir(name, epochs, train_cfg, member)
         tag = f"[{name} leakage-free" + (f" member {member + 1}/{n_members}" if n_members > 1 else "") + "] "
-        member_results.append(train_run(lf_dir, x, y, tr, va, key_cfg, spec.mean, spec.std, epochs, seed=1 + member, log_prefix=tag))
-        members.append(load_model(lf_dir, spec.channels, k, key_cfg))
+        member_results.append(train_run(lf_dir, x, y, tr, va, train_cfg, spec.mean, spec.std, epochs, seed=1 + member, log_prefix=tag))
+        members.append(load_model(lf_dir, spec.channels, k, train_cfg))
     if n_members == 1:
         model = members[0]
         res = member_results[0]
@@ -186,7 +218,7 @@ def paper_protocol(name: str, x: np.ndarray, y: np.ndarray, seeds: int, epochs: 
     classes = configs.MODELS[name]["classes"]
     k = len(classes)
     paper_cfg = configs.paper_train_config(name)
-    cfg_key = hashlib.sha1(json.dumps(paper_cfg, sort_keys=True).encode()).hexdigest()[:8]
+    cfg_key = recipe_key(paper_cfg)
     runs = D.CACHE_DIR / "runs" / name
     spec = Preprocessing.from_card(configs.card_stub(name))
     paper = []
@@ -273,7 +305,8 @@ def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, 
         "architecture": (f"plain CNN, 9 convolutions with batch norm, width {train_cfg['width']}, trained from scratch"
                          + (f"; mean of the logits of {res['members']} such networks trained with different seeds (one ONNX graph)"
                             if res.get("members", 1) > 1 else "")),
-        "training": {k: v for k, v in train_cfg.items() if k != "augment"} | {"epochs": res["epochs"], "best_epoch": res["best_epoch"]},
+        "training": {k: v for k, v in train_cfg.items() if k != "augment"} | {"epochs": res["epochs"], "best_epoch": res["best_epoch"]}
+                    | ({"ensemble": res["members"]} if res["members"] > 1 else {}),
         "intended_use": "For research and decision support only; not for clinical diagnosis.",
         "limitations": limitations,
         "metrics": {"leakage_free": lf_card, "paper_protocol": paper_summary},
