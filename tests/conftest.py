@@ -1,14 +1,14 @@
 """Fixtures: test models and real Orthanc processes started with the project's configuration and plugin."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 from pydicom import config as pydicom_config
 
 from tests.support.onnx_models import build_model
-from tests.support.orthanc_process import OrthancProcess
+from tests.support.orthanc_process import OrthancProcess, stop_all
 
 # Everything the plugin writes must be valid DICOM: invalid VRs or values fail the tests.
 pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE
@@ -41,8 +41,7 @@ def start_orthanc(tmp_path_factory: pytest.TempPathFactory, test_models: Path) -
         return server.start(expect_failure=expect_failure)
 
     yield start
-    for server in started:
-        server.stop()
+    stop_all(started)
 
 
 @pytest.fixture(scope="module")

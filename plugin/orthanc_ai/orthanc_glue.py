@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import orthanc
@@ -16,11 +17,16 @@ import orthanc
 from . import labels, rest_api
 from .config import GLOBAL_PROPERTY_CHECKPOINT, METADATA_CLAIM, ConfigurationError, check_orthanc_settings, parse_config
 from .orthanc_api import MetadataConflict, ResourceNotFound
-from .routing import Destination
 from .private_tags import EXTRA_DICTIONARY_BLOCKS, orthanc_dictionary
+from .routing import Destination
 from .service import PluginService
 
 log = logging.getLogger("orthanc_ai")
+# Every callable handed to Orthanc stays referenced here for the life of the process. The Python
+# plugin 5.0 and later may drop its own reference only while the interpreter is finalizing; if that
+# was the last one, the closure is freed half-way through finalization and Orthanc dies with SIGSEGV
+# at every stop (seen with 1.12.7 / 5.0 and 1.13.0 / 7.1; 4.0 does not crash either way).
+_CALLBACKS_HANDED_TO_ORTHANC: list[Callable[..., Any]] = []
 ORTHANC_ID = r"([0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8})"
 _service: PluginService | None = None
 _PIXEL_FORMATS = {
@@ -169,7 +175,7 @@ def register() -> None:
         raise
 
     _register_private_dictionary(configuration.get("Dictionary", {}), config.private_creator)
-    orthanc.RegisterOnChangeCallback(_on_change)
+    orthanc.RegisterOnChangeCallback(_keep_alive(_on_change))
     _register_routes()
     orthanc.ExtendOrthancExplorer(_explorer_javascript())
     # Labels for Orthanc Explorer 2 where Orthanc has them (1.12+; checked at the first prediction).
@@ -223,6 +229,15 @@ def _on_change(change_type: int, level: int, resource_id: str) -> None:
         service.stop()
 
 
+CallbackT = TypeVar("CallbackT", bound=Callable[..., Any])
+
+
+def _keep_alive(callback: CallbackT) -> CallbackT:
+    """``callback``, referenced by this module until the process ends (see _CALLBACKS_HANDED_TO_ORTHANC)."""
+    _CALLBACKS_HANDED_TO_ORTHANC.append(callback)
+    return callback
+
+
 def _register_routes() -> None:
     routes: list[tuple[str, str, Callable[..., rest_api.Response]]] = [
         ("/ai/models", "GET", lambda s, groups, body: rest_api.list_models(s)),
@@ -245,17 +260,17 @@ def _register_routes() -> None:
         ("/ai/upload", "POST", lambda s, groups, body: rest_api.upload_file(s, body)),
     ]
     for pattern, method, handler in routes:
-        orthanc.RegisterRestCallback(pattern, _route(method, handler))
+        orthanc.RegisterRestCallback(pattern, _keep_alive(_route(method, handler)))
     # Routes that read the query string (?model=...&limit=...).
     query_routes: list[tuple[str, Callable[..., rest_api.Response]]] = [
         ("/ai/routing", rest_api.routing_log),
         ("/ai/find", rest_api.find_by_result),
     ]
     for pattern, query_handler in query_routes:
-        orthanc.RegisterRestCallback(pattern, _query_route(query_handler))
+        orthanc.RegisterRestCallback(pattern, _keep_alive(_query_route(query_handler)))
     orthanc.RegisterRestCallback(
         f"/ai/instances/{ORTHANC_ID}/route",
-        _route("POST", lambda s, groups, body: rest_api.route_instance(s, groups[0], body)),
+        _keep_alive(_route("POST", lambda s, groups, body: rest_api.route_instance(s, groups[0], body))),
     )
 
 

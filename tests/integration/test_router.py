@@ -18,7 +18,7 @@ from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
 from orthanc_ai.private_tags import read_results
 from tests.support.dicom_files import read, secondary_capture, synthetic_ct
 from tests.support.onnx_models import build_model
-from tests.support.orthanc_process import OrthancProcess
+from tests.support.orthanc_process import OrthancProcess, stop_all
 
 ROUTER = "test-router"
 
@@ -61,8 +61,7 @@ def site(tmp_path_factory, router_models):
                             "spine-ai": ["SPINEAI", "127.0.0.1", spine.dicom_port]},
     }, {"Routing": rules}).start()
     yield main, chest, spine
-    for server in (main, chest, spine):
-        server.stop()
+    stop_all([main, chest, spine])
 
 
 def wait_for_instances(server: OrthancProcess, count: int, timeout: float = 60) -> list[str]:

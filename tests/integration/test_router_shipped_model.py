@@ -21,7 +21,7 @@ from orthanc_ai.preprocessing import grey_from_8bit, unit_grey_to_tensor
 from orthanc_ai.private_tags import read_results
 from tests.integration.test_shipped_models_end_to_end import load_pixels
 from tests.support.dicom_files import DATA, ROBUSTNESS, read, secondary_capture
-from tests.support.orthanc_process import PROJECT, OrthancProcess
+from tests.support.orthanc_process import PROJECT, OrthancProcess, stop_all
 
 ROUTER = PROJECT / "models" / "xray-bodypart"
 PER_CLASS = 6
@@ -96,7 +96,7 @@ def test_real_radiographs_are_routed_by_the_shipped_model(tmp_path_factory, tmp_
         # Routing accuracy through Orthanc, from the router's tags, equals the offline accuracy.
         correct_orthanc = 0
         truth = {}
-        for entry, path in zip(chosen, paths):
+        for entry, path in zip(chosen, paths, strict=False):  # paths may end with an extra CT
             truth[read(path.read_bytes()).SOPInstanceUID] = entry["label"]
         for instance_id in main.get("/instances"):
             tags = main.get(f"/instances/{instance_id}/simplified-tags")
@@ -110,5 +110,4 @@ def test_real_radiographs_are_routed_by_the_shipped_model(tmp_path_factory, tmp_
               f"offline {correct_offline / len(chosen):.3f}; {len(want_chest)} to chest-ai, {len(want_spine)} to spine-ai")
         assert correct_orthanc == correct_offline
     finally:
-        for server in servers:
-            server.stop()
+        stop_all(servers)

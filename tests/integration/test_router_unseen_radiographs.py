@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
 from orthanc_ai.private_tags import read_results
 from tests.support.dicom_files import ROBUSTNESS, read
-from tests.support.orthanc_process import PROJECT, OrthancProcess
+from tests.support.orthanc_process import PROJECT, OrthancProcess, stop_all
 
 ROUTER = "xray-bodypart"
 # file → the classes a radiologist accepts for it (what the image shows, read from its header and by eye)
@@ -71,4 +71,4 @@ def test_unseen_cr_films_get_the_right_body_part(tmp_path):
         wrong = {name: verdict for name, verdict in verdicts.items() if verdict[0] not in FILMS[name]}
         assert not wrong, f"wrong body part: {wrong} (accepted: { {n: FILMS[n] for n in wrong} })"
     finally:
-        orthanc.stop()
+        stop_all([orthanc])

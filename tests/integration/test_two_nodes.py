@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
 from orthanc_ai.private_tags import read_results
 from tests.support.dicom_files import read, synthetic_ct
-from tests.support.orthanc_process import OrthancProcess
+from tests.support.orthanc_process import OrthancProcess, stop_all
 from tests.support.postgres import PostgresServer, postgres_bin
 
 INSTANCES = 300
@@ -48,7 +48,7 @@ def test_300_instances_alternately_to_two_nodes(postgres, test_models, tmp_path_
         statuses = [node.status() for node in nodes]
         print("\n" + "\n".join(f"{node.config['Name']}: predicted {s['predicted']}, unchanged {s['unchanged']}, "
                                f"claimed elsewhere {s['claimedElsewhere']}, failed {s['failed']}"
-                               for node, s in zip(nodes, statuses)))
+                               for node, s in zip(nodes, statuses, strict=True)))
         assert sum(s["predicted"] for s in statuses) == INSTANCES  # exactly once across the nodes
         assert all(s["failed"] == 0 and s["skipped"] == 0 for s in statuses)
 
@@ -60,8 +60,7 @@ def test_300_instances_alternately_to_two_nodes(postgres, test_models, tmp_path_
             assert sorted(r.model for r in read_results(read(dicom), DEFAULT_PRIVATE_CREATOR)) == ["test-any", "test-ct"]
             assert json.loads(nodes[0].get_bytes(f"/instances/{instance_id}/metadata/AIStatus"))["state"] == "predicted"
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 @pytest.mark.slow
@@ -96,5 +95,4 @@ def test_node_killed_with_a_backlog_catches_up_on_restart(postgres, test_models,
         print(f"\nnode-1 lost a backlog of {backlog}; after its restart it queued "
               f"{nodes[1].status()['recoveredAtStartup']} (claimed elsewhere: {nodes[1].status()['claimedElsewhere']})")
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)

@@ -11,8 +11,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[2]
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
@@ -28,9 +29,19 @@ def project_configuration() -> dict[str, Any]:
     return json.loads((PROJECT / "orthanc.json").read_text())
 
 
+def stop_all(servers: Iterable[OrthancProcess]) -> None:
+    """SIGTERM every server still running, then fail if one did not exit 0: a crash at shutdown is a bug."""
+    servers = list(servers)
+    for server in servers:
+        server.stop()
+    crashed = {server.workdir.name: f"exit {server.exit_code_after_sigterm}:\n{server.log_tail(20)}"
+               for server in servers if server.exit_code_after_sigterm not in (None, 0)}
+    assert not crashed, crashed
+
+
 class OrthancProcess:
-    def __init__(self, workdir: Path, models_directory: Path, overrides: Optional[dict[str, Any]] = None,
-                 plugin_overrides: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, workdir: Path, models_directory: Path, overrides: dict[str, Any] | None = None,
+                 plugin_overrides: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
         self.http_port = free_port()
         self.dicom_port = free_port()
@@ -53,10 +64,13 @@ class OrthancProcess:
         config.update(overrides or {})
         self.config = config
         self.config_path = workdir / "orthanc.json"
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
+        # Exit code of the last stop() that had to send SIGTERM; anything but 0 is a crash at shutdown.
+        self.exit_code_after_sigterm: int | None = None
 
-    def start(self, timeout: float = 60.0, expect_failure: bool = False) -> "OrthancProcess":
+    def start(self, timeout: float = 60.0, expect_failure: bool = False) -> OrthancProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.exit_code_after_sigterm = None
         self.config_path.write_text(json.dumps(self.config, indent=2))
         env = dict(os.environ, TCP_NODELAY="1")
         self._log = open(self.log_path, "ab")
@@ -87,7 +101,8 @@ class OrthancProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-                raise RuntimeError(f"Orthanc did not stop within {timeout} s of SIGTERM:\n{self.log_tail()}")
+                raise RuntimeError(f"Orthanc did not stop within {timeout} s of SIGTERM:\n{self.log_tail()}") from None
+            self.exit_code_after_sigterm = self.process.returncode
         self._log.close()
         return self.process.returncode
 
@@ -109,8 +124,8 @@ class OrthancProcess:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     # --- HTTP -------------------------------------------------------------
-    def request(self, method: str, path: str, body: Optional[bytes] = None,
-                headers: Optional[dict[str, str]] = None, timeout: float = 120.0) -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 120.0) -> tuple[int, bytes]:
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as answer:
