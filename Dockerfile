@@ -3,10 +3,13 @@
 #   docker build -t orthanc-ai .
 #   docker run -p 8042:8042 -p 4242:4242 -v orthanc-ai-db:/var/lib/orthanc/db orthanc-ai
 #
-# Base: the Orthanc Team's image (Orthanc, the Python plugin, the PostgreSQL plugins), pinned.
+# Base: the Orthanc Team's image (Orthanc, the Python plugin, the PostgreSQL plugins, Orthanc Explorer 2),
+# pinned. 26.8.1: Orthanc 1.13.0, Python plugin 7.1, Python 3.14, OE2 1.14.1, Ubuntu 26.04 (orthanc-builder,
+# tag 26.8.1: README-dockerhub.md and release-notes-docker-images.md; docs/deploy.md), the generation
+# `make test-compat` tests as "Debian unstable".
 # Its entrypoint builds /tmp/orthanc.json from /etc/orthanc/*.json, ORTHANC__* variables and
 # ORTHANC_JSON, and loads the Python plugin because "PythonScript" is set (docs/deploy.md).
-FROM orthancteam/orthanc:26.9.1
+FROM orthancteam/orthanc:26.8.1
 
 # The base image runs as root by default and ships an unprivileged "orthanc" user (uid/gid 999,
 # owner of what its entrypoint writes); the build steps below run as root, Orthanc as 999.

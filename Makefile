@@ -1,5 +1,6 @@
 # Entry points: `make run` starts Orthanc with the plugin; `make test` runs the test suite.
 # Both install what is missing first (Debian packages, then a virtual environment).
+# `make test-compat` runs the test suite on the other Orthanc generations (Debian 12, 13, unstable).
 SHELL := /bin/bash
 # The Python plugin embeds Debian's system Python: the venv must come from the same interpreter.
 SYSTEM_PYTHON := /usr/bin/python3
@@ -10,7 +11,7 @@ DEBIAN_PACKAGES := orthanc orthanc-python dcmtk python3-venv
 # Orthanc Explorer tests (Playwright drives /usr/bin/chromium, it downloads no browser).
 DEBIAN_TEST_PACKAGES := orthanc-postgresql postgresql chromium
 
-.PHONY: run test install install-dev system-packages test-system-packages bench train private-dictionary clean-state
+.PHONY: run test lint test-compat debian-packages install install-dev system-packages test-system-packages bench train private-dictionary clean-state
 
 run: install
 	mkdir -p state
@@ -19,6 +20,21 @@ run: install
 
 test: install-dev
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Lint (ruff) and type checks (mypy), both configured in pyproject.toml.
+lint: install-dev
+	$(VENV)/bin/ruff check plugin bench docker training tests
+	$(VENV)/bin/mypy
+
+# The whole suite on every other Orthanc generation, each in a cached debootstrap root (tests/compat/).
+test-compat:
+	@command -v debootstrap >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; }
+	$(SUDO) $(SYSTEM_PYTHON) tests/compat/run_generations.py $(if $(COMPAT_COMMAND),-- $(COMPAT_COMMAND))
+
+# The one list of Debian packages: the host installs it, the compat roots are built from it.
+debian-packages:
+	@echo $(DEBIAN_PACKAGES) $(DEBIAN_TEST_PACKAGES)
 
 install: system-packages $(VENV)/.runtime-installed
 

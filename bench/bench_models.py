@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30)
     args = parser.parse_args()
     folders = args.folders or sorted(p.parent for p in (REPO / "models").glob("*/model.onnx"))
-    print(f"onnxruntime {ort.__version__}, batch 1, 1 intra-op thread, median of {args.runs} runs after {args.warmup} warm-up")
+    print(f"onnxruntime {ort.__version__}, batch 1, 1 intra-op thread, "
+          f"median of {args.runs} runs after {args.warmup} warm-up")
     print(f"{'model':<16} {'ms/image':>9} {'p90 ms':>8} {'size MB':>8} {'card ms':>8}")
     for folder in folders:
         onnx_path = folder / "model.onnx"

@@ -34,6 +34,7 @@ machine and on what else runs on it.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -44,8 +45,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -70,7 +72,7 @@ class Client:
         self.server = server
         self.connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=120)
 
-    def request(self, method: str, path: str, body: Optional[bytes] = None) -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         for attempt in (1, 2):
             try:
                 self.connection.request(method, path, body=body,
@@ -95,6 +97,13 @@ class Client:
         if status != 200:
             raise RuntimeError(f"GET {path} → {status}: {body[:200]!r}")
         return json.loads(body)
+
+
+def pid_of(server: OrthancProcess) -> int:
+    """Process id of a started Orthanc."""
+    if server.process is None:
+        raise RuntimeError("Orthanc is not started")
+    return server.process.pid
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -180,7 +189,8 @@ class Bench:
             path.write_bytes(synthetic_ct(seed=seed, rows=512, columns=512))
             self.files.append(path)
         size = self.files[0].stat().st_size
-        print(f"made {count} synthetic 512x512 CT files ({size / 1e6:.2f} MB each) in {time.monotonic() - started:.1f} s")
+        print(f"made {count} synthetic 512x512 CT files ({size / 1e6:.2f} MB each) "
+              f"in {time.monotonic() - started:.1f} s")
 
     def take(self, count: int) -> list[Path]:
         """The next `count` files, never used before by either server in this run."""
@@ -194,17 +204,19 @@ class Bench:
     def start_servers(self) -> None:
         self.plain = OrthancProcess(self.workdir / "plain", REPO / "models", overrides={"Plugins": []}).start()
         plugin_overrides = {"Workers": self.args.workers} if self.args.workers else None
-        self.plugin = OrthancProcess(self.workdir / "plugin", Path(self.args.models), plugin_overrides=plugin_overrides).start()
+        self.plugin = OrthancProcess(self.workdir / "plugin", Path(self.args.models),
+                                     plugin_overrides=plugin_overrides).start()
         self.plain_client, self.plugin_client = Client(self.plain), Client(self.plugin)
         self.servers = {"plain": (self.plain, self.plain_client), "plugin": (self.plugin, self.plugin_client)}
         if self.args.idle_plugin:
             # The plugin loaded with its models but not predicting: the cost of its ingest hooks alone.
             idle_overrides = dict(plugin_overrides or {}, AutoPredict=False)
-            self.idle = OrthancProcess(self.workdir / "idle", Path(self.args.models), plugin_overrides=idle_overrides).start()
+            self.idle = OrthancProcess(self.workdir / "idle", Path(self.args.models),
+                                       plugin_overrides=idle_overrides).start()
             self.servers["plugin-idle"] = (self.idle, Client(self.idle))
         models = self.plugin_client.get_json("/ai/models")
         self.loaded_models = [f"{m['name']} {m['version']}" for m in models["models"]]
-        print(f"plain Orthanc pid {self.plain.process.pid}, plugin Orthanc pid {self.plugin.process.pid}")
+        print(f"plain Orthanc pid {pid_of(self.plain)}, plugin Orthanc pid {pid_of(self.plugin)}")
         print(f"models loaded by the plugin: {', '.join(self.loaded_models) or 'NONE'}"
               + (f"; failed to load: {models['failedToLoad']}" if models["failedToLoad"] else ""))
         self.results["models_loaded"] = self.loaded_models
@@ -224,18 +236,19 @@ class Bench:
             self.plugin_client.store(data)
         wait_processed(self.plugin_client, len(files))
         self.processed = len(files)
-        plain_rss, plain_hwm = rss_mb(self.plain.process.pid)
-        plugin_rss, plugin_hwm = rss_mb(self.plugin.process.pid)
-        self.results["rss_after_warmup"] = {"plain_mb": plain_rss, "plugin_mb": plugin_rss, "added_mb": plugin_rss - plain_rss,
+        plain_rss, plain_hwm = rss_mb(pid_of(self.plain))
+        plugin_rss, plugin_hwm = rss_mb(pid_of(self.plugin))
+        self.results["rss_after_warmup"] = {"plain_mb": plain_rss, "plugin_mb": plugin_rss,
+                                            "added_mb": plugin_rss - plain_rss,
                                             "plain_hwm_mb": plain_hwm, "plugin_hwm_mb": plugin_hwm}
-        print(f"warm-up: {len(files)} instances stored in each; RSS plain {plain_rss:.0f} MiB, plugin {plugin_rss:.0f} MiB "
-              f"→ added {plugin_rss - plain_rss:.0f} MiB")
+        print(f"warm-up: {len(files)} instances stored in each; RSS plain {plain_rss:.0f} MiB, plugin {plugin_rss:.0f} "
+              f"MiB → added {plugin_rss - plain_rss:.0f} MiB")
 
     def ingest_once(self, which: str, protocol: str, files: list[Path]) -> tuple[float, float]:
         """Store `files` into one server; returns (instances/s, Orthanc CPU seconds per instance)."""
         server, client = self.servers[which]
-        payloads = [p.read_bytes() for p in files] if protocol == "http" else None
-        cpu_before = cpu_seconds(server.process.pid)
+        payloads = [p.read_bytes() for p in files] if protocol == "http" else []
+        cpu_before = cpu_seconds(pid_of(server))
         started = time.monotonic()
         if protocol == "http":
             for data in payloads:
@@ -250,11 +263,11 @@ class Bench:
             # spends after ingest is counted, the time is not.
             self.processed += len(files)
             wait_processed(client, self.processed)
-        cpu = cpu_seconds(server.process.pid) - cpu_before
+        cpu = cpu_seconds(pid_of(server)) - cpu_before
         return len(files) / elapsed, cpu / len(files)
 
     def ingest(self) -> None:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for round_index in range(self.args.rounds):
             for protocol in ("http", "cstore"):
                 files = self.take(self.args.batch)  # same files into both servers (separate databases)
@@ -274,9 +287,10 @@ class Bench:
                     row["idle_ratio"] = measured["plugin-idle"][0] / measured["plain"][0]
                     idle = f", plugin-idle {row['idle_per_s']:7.1f}/s (ratio {row['idle_ratio']:.3f})"
                 rows.append(row)
-                print(f"  round {round_index + 1} {protocol:6s} (order {'/'.join(order)}): plain {measured['plain'][0]:7.1f}/s, "
-                      f"plugin {measured['plugin'][0]:7.1f}/s, ratio {ratio:.3f}{idle}; Orthanc CPU ms/instance plain "
-                      f"{measured['plain'][1] * 1000:.1f}, plugin {measured['plugin'][1] * 1000:.1f} (incl. its tagging work)")
+                print(f"  round {round_index + 1} {protocol:6s} (order {'/'.join(order)}): plain "
+                      f"{measured['plain'][0]:7.1f}/s, plugin {measured['plugin'][0]:7.1f}/s, ratio {ratio:.3f}{idle}; "
+                      f"Orthanc CPU ms/instance plain {measured['plain'][1] * 1000:.1f}, plugin "
+                      f"{measured['plugin'][1] * 1000:.1f} (incl. its tagging work)")
         summary = {}
         for protocol in ("http", "cstore"):
             mine = [r for r in rows if r["protocol"] == protocol]
@@ -324,16 +338,18 @@ class Bench:
             "with_upload_p50_ms": quantile(with_upload, 0.5), "with_upload_p95_ms": quantile(with_upload, 0.95),
             "plugin_reported_p50_ms": (after["p50"] or 0) * 1000, "plugin_reported_p95_ms": (after["p95"] or 0) * 1000,
             "plugin_reported_window": after["count"],
-            "last_instance_predictions": [(p.get("model"), p.get("topClass")) for p in predictions.get("predictions", [])],
+            "last_instance_predictions": [(p.get("model"), p.get("topClass"))
+                                          for p in predictions.get("predictions", [])],
         }
         print(f"  wall store→AIStatus readable: p50 {quantile(walls, 0.5):.1f} ms, p95 {quantile(walls, 0.95):.1f} ms "
-              f"(incl. upload: p50 {quantile(with_upload, 0.5):.1f} ms); plugin /ai/status latencySeconds over its last "
-              f"{after['count']} (all phases so far): p50 {(after['p50'] or 0) * 1000:.1f} ms, p95 {(after['p95'] or 0) * 1000:.1f} ms")
+              f"(incl. upload: p50 {quantile(with_upload, 0.5):.1f} ms); plugin /ai/status latencySeconds over its "
+              f"last {after['count']} (all phases so far): p50 {(after['p50'] or 0) * 1000:.1f} ms, p95 "
+              f"{(after['p95'] or 0) * 1000:.1f} ms")
         del before
 
     def sustained(self) -> None:
         files = self.take(self.args.sustained)
-        cpu_before = cpu_seconds(self.plugin.process.pid)
+        cpu_before = cpu_seconds(pid_of(self.plugin))
         started = time.monotonic()
         done = self.plugin.store_cstore(files)
         ingested = time.monotonic()
@@ -341,17 +357,20 @@ class Bench:
             raise RuntimeError(f"storescu failed ({done.returncode}): {done.stderr[-500:]}")
         self.processed += len(files)
         finished = wait_processed(self.plugin_client, self.processed)
-        cpu = cpu_seconds(self.plugin.process.pid) - cpu_before
+        cpu = cpu_seconds(pid_of(self.plugin)) - cpu_before
         rate = len(files) / (finished - started)
-        self.results["sustained"] = {"instances": len(files), "ingest_s": ingested - started, "total_s": finished - started,
-                                     "processed_per_s": rate, "cpu_ms_per_instance": cpu / len(files) * 1000}
-        print(f"  {len(files)} instances by C-STORE: ingest {ingested - started:.1f} s, all tagged after {finished - started:.1f} s "
-              f"→ {rate:.1f} processed instances/s; Orthanc+plugin CPU {cpu / len(files) * 1000:.1f} ms/instance")
+        self.results["sustained"] = {"instances": len(files), "ingest_s": ingested - started,
+                                     "total_s": finished - started, "processed_per_s": rate,
+                                     "cpu_ms_per_instance": cpu / len(files) * 1000}
+        print(f"  {len(files)} instances by C-STORE: ingest {ingested - started:.1f} s, all tagged after "
+              f"{finished - started:.1f} s → {rate:.1f} processed instances/s; Orthanc+plugin CPU "
+              f"{cpu / len(files) * 1000:.1f} ms/instance")
 
     def memory_at_end(self) -> None:
-        plain_rss, plain_hwm = rss_mb(self.plain.process.pid)
-        plugin_rss, plugin_hwm = rss_mb(self.plugin.process.pid)
-        self.results["rss_at_end"] = {"plain_mb": plain_rss, "plugin_mb": plugin_rss, "added_mb": plugin_rss - plain_rss,
+        plain_rss, plain_hwm = rss_mb(pid_of(self.plain))
+        plugin_rss, plugin_hwm = rss_mb(pid_of(self.plugin))
+        self.results["rss_at_end"] = {"plain_mb": plain_rss, "plugin_mb": plugin_rss,
+                                      "added_mb": plugin_rss - plain_rss,
                                       "plain_hwm_mb": plain_hwm, "plugin_hwm_mb": plugin_hwm}
 
     def stage_profile(self) -> None:
@@ -379,16 +398,17 @@ class Bench:
             timed("HTTP GET /instances/{id}/file (plain server)",
                   lambda: self.plain_client.request("GET", f"/instances/{instance_id}/file"))
             instance = timed("parse header (pydicom)", lambda: read_header(data, config.max_frame_pixels))
-            frame = timed("decode pixels", lambda: decode_analysed_frame(instance))
+            frame = timed("decode pixels", functools.partial(decode_analysed_frame, instance))
             chosen, _ = registry.applicable(instance.header)
             results = []
             for model in chosen:
                 results.append(timed(f"preprocess + inference {model.card.name}",
-                                     lambda model=model: model.predict(frame, instance.pixels, frame_number=1,
-                                                                       source_file_size=len(data))))
-            tagged = timed("write private block (pydicom)", lambda: add_results(data, config.private_creator, SOFTWARE, results))
+                                     functools.partial(model.predict, frame, instance.pixels, frame_number=1,
+                                                       source_file_size=len(data))))
+            tagged = timed("write private block (pydicom)",
+                           functools.partial(add_results, data, config.private_creator, SOFTWARE, results))
             timed("HTTP POST /instances tagged copy (plain server, overwrite)",
-                  lambda: self.plain_client.request("POST", "/instances", tagged))
+                  functools.partial(self.plain_client.request, "POST", "/instances", tagged))
         self.results["stage_profile_ms"] = {name: statistics.median(values) for name, values in timings.items()}
         for name, value in self.results["stage_profile_ms"].items():
             print(f"  {name:62s} {value:7.2f} ms (median of {runs})")
@@ -411,18 +431,20 @@ class Bench:
         ingest = r["ingest"]
         print("\n=== summary (targets in brackets) ===")
         print(f"{'measure':58s} {'plain':>10s} {'plugin':>10s} {'ratio/value':>12s}")
-        for protocol, label in (("http", "ingest HTTP POST /instances, instances/s"), ("cstore", "ingest C-STORE (storescu), instances/s")):
+        for protocol, label in (("http", "ingest HTTP POST /instances, instances/s"),
+                                ("cstore", "ingest C-STORE (storescu), instances/s")):
             s = ingest[protocol]
             print(f"{label:58s} {s['plain_median_per_s']:10.1f} {s['plugin_median_per_s']:10.1f} "
-                  f"{s['ratio_median']:12.3f}  [≥ {TARGETS['ingest_ratio']}] (rounds {s['ratio_min']:.3f}–{s['ratio_max']:.3f})")
+                  f"{s['ratio_median']:12.3f}  [≥ {TARGETS['ingest_ratio']}] (rounds "
+                  f"{s['ratio_min']:.3f}–{s['ratio_max']:.3f})")
             print(f"{'  Orthanc CPU ms/instance (plugin: incl. tagging)':58s} {s['plain_cpu_ms_median']:10.1f} "
                   f"{s['plugin_cpu_ms_median']:10.1f}")
             if "idle_ratio_median" in s:
-                print(f"{'  plugin loaded, AutoPredict false: instances/s, ratio':58s} {'':>10s} {s['idle_median_per_s']:10.1f} "
-                      f"{s['idle_ratio_median']:12.3f}")
+                print(f"{'  plugin loaded, AutoPredict false: instances/s, ratio':58s} {'':>10s} "
+                      f"{s['idle_median_per_s']:10.1f} {s['idle_ratio_median']:12.3f}")
         lat = r["latency"]
-        print(f"{'store→tags wall p50 / p95, ms (512x512 CT)':58s} {'':>10s} {lat['wall_p50_ms']:5.1f}/{lat['wall_p95_ms']:<5.1f}"
-              f"{'':>11s}[p50 ≤ {TARGETS['latency_p50_ms']:.0f}]")
+        print(f"{'store→tags wall p50 / p95, ms (512x512 CT)':58s} {'':>10s} "
+              f"{lat['wall_p50_ms']:5.1f}/{lat['wall_p95_ms']:<5.1f}{'':>11s}[p50 ≤ {TARGETS['latency_p50_ms']:.0f}]")
         print(f"{'plugin pipeline time p50 / p95, ms (/ai/status)':58s} {'':>10s} "
               f"{lat['plugin_reported_p50_ms']:5.1f}/{lat['plugin_reported_p95_ms']:<5.1f}")
         sus = r["sustained"]
@@ -442,13 +464,15 @@ class Bench:
         print("=== machine ===")
         for key, value in machine.items():
             print(f"  {key}: {value}")
-        needed = self.args.warmup + self.args.rounds * 2 * self.args.batch + self.args.latency_samples + self.args.sustained
+        needed = (self.args.warmup + self.args.rounds * 2 * self.args.batch + self.args.latency_samples
+                  + self.args.sustained)
         self.make_files(needed)
         try:
             self.start_servers()
             print("\n=== warm-up ===")
             self.warm_up()
-            print(f"\n=== ingest: {self.args.rounds} rounds x {self.args.batch} instances per protocol, plain vs plugin interleaved ===")
+            print(f"\n=== ingest: {self.args.rounds} rounds x {self.args.batch} instances per protocol, plain vs "
+                  "plugin interleaved ===")
             self.ingest()
             print(f"\n=== store-to-tags latency, {self.args.latency_samples} instances one at a time ===")
             self.latency()
@@ -487,7 +511,8 @@ def main() -> None:
     parser.add_argument("--skip-models", action="store_true", help="do not run bench/bench_models.py")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory (logs, storage)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="environment variable for both Orthanc processes, e.g. OPENBLAS_NUM_THREADS=1 (repeatable)")
+                        help="environment variable for both Orthanc processes, e.g. OPENBLAS_NUM_THREADS=1 "
+                             "(repeatable)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     for assignment in args.env:

@@ -59,6 +59,7 @@ def main() -> None:
         files.append(path)
     overrides = {"Workers": args.workers} if args.workers else None
     server = OrthancProcess(workdir / "orthanc", REPO / "models", plugin_overrides=overrides).start()
+    assert server.process is not None  # started
     raw = workdir / "py-spy.txt"
     try:
         command = [args.py_spy, "record", "--pid", str(server.process.pid), "--format", "raw", "--output", str(raw),
@@ -97,7 +98,8 @@ def main() -> None:
     print("\ninclusive share, pipeline functions:")
     for frame, samples in inclusive.most_common():
         if INTERESTING.search(frame):
-            print(f"  {100 * samples / total:5.1f}%  {samples / args.rate / args.instances * 1000:6.1f} ms/instance  {frame[:110]}")
+            print(f"  {100 * samples / total:5.1f}%  {samples / args.rate / args.instances * 1000:6.1f} ms/instance  "
+                  f"{frame[:110]}")
     print("\nleaf functions (self time):")
     for frame, samples in leaf.most_common(12):
         print(f"  {100 * samples / total:5.1f}%  {frame[:120]}")

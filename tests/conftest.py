@@ -16,7 +16,8 @@ pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE
 TEST_MODELS = {
     "test-ct": (["Benign", "Malignant", "Normal"], {"Modality": ["CT"]}, {"center": -600, "width": 1500}),
     "test-any": (["First", "Second"], {"PhotometricInterpretation": ["MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL",
-                                                                     "YBR_FULL_422", "PALETTE COLOR", "YBR_ICT", "YBR_RCT"]}, None),
+                                                                     "YBR_FULL_422", "PALETTE COLOR", "YBR_ICT",
+                                                                     "YBR_RCT"]}, None),
 }
 
 
@@ -30,7 +31,8 @@ def test_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def start_orthanc(tmp_path_factory: pytest.TempPathFactory, test_models: Path) -> Iterator[Callable[..., OrthancProcess]]:
+def start_orthanc(tmp_path_factory: pytest.TempPathFactory,
+                  test_models: Path) -> Iterator[Callable[..., OrthancProcess]]:
     """Start Orthanc processes; each is stopped (SIGTERM) at the end of the test, and must stop cleanly."""
     started: list[OrthancProcess] = []
 

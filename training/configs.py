@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from . import data as D
 
@@ -69,22 +70,26 @@ LUNG_APPLIES_TO = {"Modality": ["CT"], "BodyPartExamined": ["CHEST", "LUNG", "TH
 # the models never saw. Hence 40 / 400. Unvalidated on labelled DICOM either way.
 CT_WINDOW = {"center": 40, "width": 400}
 WINDOW_REASON = (
-    "ct_window centre 40 / width 400 HU (soft-tissue window), not the usual lung window: the training slices "
-    "(8-bit JPEG/PNG windowed by their publishers) show black lungs, speckled soft tissue and white bone, which is what "
-    "this window gives on real chest CT DICOM, while a lung window (-600/1500) would show grey lung parenchyma and "
-    "white soft tissue the models never saw. The window is applied only to CT in Hounsfield units; the exact "
-    "publisher window is unknown, so accuracy on real DICOM is not validated.")
+    "ct_window centre 40 / width 400 HU (soft-tissue window), not the usual lung window: the training slices (8-bit "
+    "JPEG/PNG windowed by their publishers) show black lungs, speckled soft tissue and white bone, which is what this "
+    "window gives on real chest CT DICOM, while a lung window (-600/1500) would show grey lung parenchyma and white "
+    "soft tissue the models never saw. The window is applied only to CT in Hounsfield units; the exact publisher "
+    "window is unknown, so accuracy on real DICOM is not validated.")
 
 IQ_DATASET = {
     "name": "IQ-OTH/NCCD lung cancer dataset (Kaggle release, 1,097 slices)",
-    "licence": "No licence file in the source repository; not verified offline (see the Kaggle/Mendeley page). Treat as research-only.",
-    "citation": "Alyasriy H., Muayed A. The IQ-OTH/NCCD lung cancer dataset. Mendeley Data, 2020 (DOI believed to be 10.17632/bhmdr45bh2, unverified).",
-    "source": "GitHub Yusshiro/IQ-OTHNCCD-lung-cancer-detection (commit 4cbd7c9), byte-identical copy of the Kaggle files",
+    "licence": "No licence file in the source repository; not verified offline (see the Kaggle/Mendeley page). Treat "
+               "as research-only.",
+    "citation": "Alyasriy H., Muayed A. The IQ-OTH/NCCD lung cancer dataset. Mendeley Data, 2020 (DOI believed to be "
+                "10.17632/bhmdr45bh2, unverified).",
+    "source": "GitHub Yusshiro/IQ-OTHNCCD-lung-cancer-detection (commit 4cbd7c9), byte-identical copy of the Kaggle "
+              "files",
 }
 CHEST_CT_DATASET = {
     "name": "Chest CT-Scan images (Kaggle mohamedhanyyy), 944 of 1,000 images",
     "licence": "None stated in the data; assembled from web sources; treat as research-only.",
-    "citation": "kaggle.com/datasets/mohamedhanyyy/chest-ctscan-images (via GitHub MohammadAminDHM/Chest-Cancer-Detection-With-Chest-CT-Scan)",
+    "citation": "kaggle.com/datasets/mohamedhanyyy/chest-ctscan-images (via GitHub "
+                "MohammadAminDHM/Chest-Cancer-Detection-With-Chest-CT-Scan)",
 }
 
 PAD_REASON = (
@@ -98,7 +103,7 @@ PAD_REASON = (
 )
 
 # What the two lung CT models share: input, preprocessing, applicability and both training recipes.
-LUNG_CT = {
+LUNG_CT: dict[str, Any] = {
     "size": 160,
     "resize": "pad",
     "ct_window": CT_WINDOW,
@@ -110,7 +115,8 @@ LUNG_CT = {
     "paper_augment": PAPER_CT_AUGMENT,
 }
 
-MODELS = {
+# Each model's settings: heterogeneous values (lists, numbers, nested recipes), read by key.
+MODELS: dict[str, dict[str, Any]] = {
     "lung-ct-3": {
         "title": "Lung CT pathology (3 classes)",
         "classes": ["Benign", "Malignant", "Normal"],
@@ -127,7 +133,8 @@ MODELS = {
     },
     "lung-ct-6": {
         "title": "Lung CT pathology (6 classes, IQ-OTH/NCCD + Chest CT-Scan images)",
-        "classes": ["Adenocarcinoma", "Benign", "Large_Cell_Carcinoma", "Malignant", "Normal", "Squamous_Cell_Carcinoma"],
+        "classes": ["Adenocarcinoma", "Benign", "Large_Cell_Carcinoma", "Malignant", "Normal",
+                    "Squamous_Cell_Carcinoma"],
         **LUNG_CT,
         # chosen with `python -m training.paper_recipe_check lung-ct-6 --epochs 25 40` (inner validation only)
         "paper_epochs": 40,
@@ -154,10 +161,11 @@ MODELS = {
             "The knee crops are square as well; other classes keep their original aspect ratio until this step."
         ),
         "datasets": [
-            {"name": "xray-bodypart (adult chest: ieee8023 COVID set fork, Actualmed, Figure1; spine: AdamSkog/khalidAgnaber; "
-                     "knee: KneeOA ClaheDataset224; upper limb: Roboflow bone-fracture-detection)",
-             "licence": "Mixed per source (CC BY-NC-SA / CC BY / research-only / unknown / CC BY 4.0 for the Roboflow export); "
-                        "see /work/shared/data/README.md section 5. Do not redistribute the images.",
+            {"name": "xray-bodypart (adult chest: ieee8023 COVID set fork, Actualmed, Figure1; spine: "
+                     "AdamSkog/khalidAgnaber; knee: KneeOA ClaheDataset224; upper limb: Roboflow "
+                     "bone-fracture-detection)",
+             "licence": "Mixed per source (CC BY-NC-SA / CC BY / research-only / unknown / CC BY 4.0 for the Roboflow "
+                        "export); see /work/shared/data/README.md section 5. Do not redistribute the images.",
              "citation": "Cohen et al., arXiv:2006.11988 (COVID chest X-ray set); others as listed in the data README"},
             {"name": "Kermany pediatric chest X-ray, 224x224 subset (1,824 images)",
              "licence": "CC BY 4.0",
@@ -185,6 +193,7 @@ def card_stub(name: str) -> dict:
     if cfg["ct_window"]:
         pre["ct_window"] = dict(cfg["ct_window"])
     return {
-        "input": {"name": "input", "channels": 1, "height": cfg["size"], "width": cfg["size"], "layout": "NCHW", "dtype": "float32"},
+        "input": {"name": "input", "channels": 1, "height": cfg["size"], "width": cfg["size"], "layout": "NCHW",
+                  "dtype": "float32"},
         "preprocessing": pre,
     }

@@ -85,11 +85,11 @@ def iq_items(classes: list[str], root: Path) -> list[Item]:
 IQ_LINK_CORR = 0.70
 
 
-def _thumb(path: Path, size: int = 32) -> np.ndarray:
-    with Image.open(path) as im:
-        im = im.convert("L")
+def _thumb(path: Path, size: int = 32) -> tuple[np.ndarray, tuple[int, int]]:
+    with Image.open(path) as opened:
+        im = opened.convert("L")
         shape = im.size
-        small = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float32).ravel()
+        small = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
     small = (small - small.mean()) / (small.std() + 1e-6)
     return small, shape
 
@@ -102,7 +102,7 @@ def _iq_patient_proxy(items: list[Item], root: Path) -> None:
         members.sort(key=lambda it: _case_number(it.path))
         run = 0
         prev = None
-        for i, it in enumerate(members):
+        for it in members:
             thumb, shape = _thumb(root / it.path)
             if prev is not None:
                 corr = float(np.dot(thumb, prev[0]) / thumb.size)
@@ -136,7 +136,8 @@ def kermany_items(label: int, root: Path) -> list[Item]:
             for p in _images(root / KERMANY / split / cls):
                 m = re.match(r"(person\d+)", p.name) or re.match(r"((?:NORMAL2-)?IM-\d+)", p.name)
                 pid = m.group(1) if m else p.stem
-                items.append(Item(f"{KERMANY}/{split}/{cls}/{p.name}", label, f"kermany:{pid}", "Kermany pediatric CXR"))
+                items.append(Item(f"{KERMANY}/{split}/{cls}/{p.name}", label, f"kermany:{pid}",
+                                  "Kermany pediatric CXR"))
     return items
 
 
@@ -155,7 +156,8 @@ def bodypart_items(classes: list[str], root: Path) -> list[Item]:
                 key = re.sub(r"\.rf\..*$", "", name)
             else:
                 key = name
-            items.append(Item(f"{BODYPART}/{folder.name}/{p.name}", classes.index(cls), f"bp:{folder.name}:{key}", f"xray-bodypart/{folder.name}"))
+            items.append(Item(f"{BODYPART}/{folder.name}/{p.name}", classes.index(cls), f"bp:{folder.name}:{key}",
+                              f"xray-bodypart/{folder.name}"))
     return items
 
 
@@ -167,8 +169,8 @@ def image_hashes(path: Path) -> tuple[str, np.ndarray]:
         grey = im.convert("L")
         pixels = np.asarray(grey)
         md5 = hashlib.md5(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
-        a = np.asarray(grey.resize((16, 16), Image.BILINEAR), dtype=np.float32)
-        d = np.asarray(grey.resize((17, 16), Image.BILINEAR), dtype=np.float32)
+        a = np.asarray(grey.resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32)
+        d = np.asarray(grey.resize((17, 16), Image.Resampling.BILINEAR), dtype=np.float32)
     ahash = (a > a.mean()).ravel()
     dhash = (d[:, 1:] > d[:, :-1]).ravel()
     return md5, np.concatenate([ahash, dhash])
@@ -243,7 +245,8 @@ def assign_groups(items: list[Item], root: Path) -> tuple[list[int], dict]:
 
 # --------------------------------------------------------------------------- splits
 
-def grouped_stratified_split(labels: np.ndarray, groups: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+def grouped_stratified_split(labels: np.ndarray, groups: np.ndarray, fractions: dict[str, float],
+                             seed: int) -> dict[str, np.ndarray]:
     """Assign whole groups to parts so that every class is near its target fraction in each part.
 
     Groups are visited largest first (random order among equals); each goes to the
@@ -277,7 +280,8 @@ def grouped_stratified_split(labels: np.ndarray, groups: np.ndarray, fractions: 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Image-level stratified random split (the 'paper' protocol)."""
     rng = np.random.default_rng(seed)
-    train, test = [], []
+    train: list[int] = []
+    test: list[int] = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)

@@ -13,10 +13,10 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from . import configs  # noqa: E402
-from .pipeline import leakage_free_split, load_model_data, member_run_dir  # noqa: E402
+from . import configs
+from .pipeline import leakage_free_split, load_model_data, member_run_dir
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,8 @@ def evaluate(logits: np.ndarray, y: np.ndarray, classes: list[str], prior: np.nd
             "log_loss": nll[idx].mean(axis=1),
         }
         boot["log_loss_reduction"] = 1 - boot["log_loss"] / prior_nll[idx].mean(axis=1)
-        result["ci95"] = {name: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for name, v in boot.items()}
+        result["ci95"] = {name: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))]
+                          for name, v in boot.items()}
         result["bootstrap_resamples"] = n_boot
         if groups is not None:
             result["ci95_group_bootstrap"] = _group_bootstrap(y, pred, nll, groups, k, n_boot, seed)
@@ -87,7 +89,7 @@ def _group_bootstrap(y, pred, nll, groups, k, n_boot, seed) -> dict:
     rng = np.random.default_rng(seed + 1)
     uniq, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
-    stats = {"micro_accuracy": [], "macro_accuracy": [], "macro_f1": [], "log_loss": []}
+    stats: dict[str, list[float]] = {"micro_accuracy": [], "macro_accuracy": [], "macro_f1": [], "log_loss": []}
     for _ in range(n_boot):
         pick = rng.integers(0, len(uniq), len(uniq))
         idx = np.concatenate([members[i] for i in pick])
@@ -97,7 +99,8 @@ def _group_bootstrap(y, pred, nll, groups, k, n_boot, seed) -> dict:
         for key in ("micro_accuracy", "macro_accuracy", "macro_f1"):
             stats[key].append(float(m[key]))
         stats["log_loss"].append(float(nll[idx].mean()))
-    out = {key: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for key, v in stats.items()}
+    out: dict[str, Any] = {key: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))]
+                           for key, v in stats.items()}
     out["groups"] = int(len(uniq))
     return out
 

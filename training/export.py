@@ -45,7 +45,7 @@ def check_onnx(model: torch.nn.Module, path: Path, sample: np.ndarray) -> float:
 
 def latency_ms(path: Path, runs: int = 300, warmup: int = 30) -> float:
     """Median ms/image at batch 1 with one intra-op thread, measured by bench/bench_models.py itself."""
-    sys.path.insert(0, str(REPO_ROOT / "bench"))
-    from bench_models import bench
+    sys.path.insert(0, str(REPO_ROOT))
+    from bench.bench_models import bench
 
     return bench(path, runs, warmup)[0]

@@ -13,10 +13,10 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from . import configs, data as D  # noqa: E402
-from .pipeline import PAPER_TEST_FRACTION, load_model_data, recipe_key  # noqa: E402
+from . import configs, data as D
+from .pipeline import PAPER_TEST_FRACTION, load_model_data, recipe_key
 
 INNER_VALIDATION_FRACTION = 0.2
 
@@ -42,7 +42,8 @@ def main() -> None:
     inner_train, inner_val = paper_train[inner_train_pos], paper_train[inner_val_pos]
     paper_cfg = configs.paper_train_config(args.name)
     prior = np.bincount(y[inner_train], minlength=len(classes)).astype(float)
-    print(f"[{args.name}] paper recipe {paper_cfg}; inner train {len(inner_train)}, inner validation {len(inner_val)}", flush=True)
+    print(f"[{args.name}] paper recipe {paper_cfg}; inner train {len(inner_train)}, inner validation "
+          f"{len(inner_val)}", flush=True)
     rows = []
     for epochs in args.epochs:
         run_dir = D.CACHE_DIR / "runs" / args.name / f"paper-recipe-check-e{epochs}-{recipe_key(paper_cfg)}"
@@ -54,7 +55,8 @@ def main() -> None:
         rows.append((epochs, m))
     print("epochs | inner-validation micro acc | macro acc | macro F1 | log-loss")
     for epochs, m in rows:
-        print(f"{epochs} | {m['micro_accuracy']:.4f} | {m['macro_accuracy']:.4f} | {m['macro_f1']:.4f} | {m['log_loss']:.4f}")
+        print(f"{epochs} | {m['micro_accuracy']:.4f} | {m['macro_accuracy']:.4f} | {m['macro_f1']:.4f} | "
+              f"{m['log_loss']:.4f}")
 
 
 if __name__ == "__main__":

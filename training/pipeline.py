@@ -7,6 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from . import configs, data as D
 from .evaluate import evaluate, plot_confusion, plot_curves
 
 sys.path.insert(0, str(D.PLUGIN_DIR))
-from orthanc_ai.preprocessing import Preprocessing, grey_from_8bit, unit_grey_to_tensor  # noqa: E402
+from orthanc_ai.preprocessing import Preprocessing, grey_from_8bit, unit_grey_to_tensor
 
 LEAKAGE_FREE_FRACTIONS = {"train": 0.65, "val": 0.15, "test": 0.20}
 LEAKAGE_FREE_SEED = 20261122
@@ -25,9 +26,11 @@ def preprocess_file(path: Path, spec: Preprocessing) -> np.ndarray:
     """The plugin's own path for 8-bit training images: grey_from_8bit then unit_grey_to_tensor."""
     from PIL import Image
 
+    im: Image.Image
     with Image.open(path) as im:
         if im.mode not in ("L", "RGB"):
-            im = im.convert("RGB") if im.mode in ("RGBA", "P", "LA", "CMYK") or len(im.getbands()) > 1 else im.convert("L")
+            colour = im.mode in ("RGBA", "P", "LA", "CMYK") or len(im.getbands()) > 1
+            im = im.convert("RGB") if colour else im.convert("L")
         arr = np.asarray(im)
     return unit_grey_to_tensor(grey_from_8bit(arr), spec)[0]
 
@@ -90,7 +93,8 @@ def recipe_key(recipe: dict) -> str:
 
 def member_run_dir(name: str, epochs: int, recipe: dict, member: int) -> Path:
     """Run folder of network ``member`` (0-based) of the shipped (leakage-free) model; trained with seed member + 1."""
-    return D.CACHE_DIR / "runs" / name / (f"leakage_free-e{epochs}-{recipe_key(recipe)}" + (f"-m{member + 1}" if member else ""))
+    return D.CACHE_DIR / "runs" / name / (f"leakage_free-e{epochs}-{recipe_key(recipe)}"
+                                          + (f"-m{member + 1}" if member else ""))
 
 
 def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
@@ -138,7 +142,8 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     for member in range(n_members):
         lf_dir = member_run_dir(name, epochs, train_cfg, member)
         tag = f"[{name} leakage-free" + (f" member {member + 1}/{n_members}" if n_members > 1 else "") + "] "
-        member_results.append(train_run(lf_dir, x, y, tr, va, train_cfg, spec.mean, spec.std, epochs, seed=1 + member, log_prefix=tag))
+        member_results.append(train_run(lf_dir, x, y, tr, va, train_cfg, spec.mean, spec.std, epochs, seed=1 + member,
+                                        log_prefix=tag))
         members.append(load_model(lf_dir, spec.channels, k, train_cfg))
     if n_members == 1:
         model = members[0]
@@ -152,7 +157,8 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     onnx_path = out / "model.onnx"
     export_onnx(shipped, spec.channels, spec.height, spec.width, onnx_path)
     diff = check_onnx(shipped, onnx_path, x[te[:16]])
-    print(f"[{name}] exported {onnx_path} ({onnx_path.stat().st_size} bytes), max |torch-onnx| = {diff:.2e}", flush=True)
+    print(f"[{name}] exported {onnx_path} ({onnx_path.stat().st_size} bytes), max |torch-onnx| = "
+          f"{diff:.2e}", flush=True)
     assert diff < 1e-3, diff
     prior = np.bincount(y[tr], minlength=k).astype(float)
     test_logits = onnx_logits(onnx_path, x[te])
@@ -170,8 +176,10 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
         square = np.array([_is_square(root / items[i].path) for i in te])
         if 0 < square.sum() < len(te):
             extra["square images only"] = evaluate(test_logits[square], y[te][square], classes, prior, n_boot=0)
-    plot_curves(res["history"], out / "training_curves.png", f"{name}: leakage-free training (model selected at epoch {res['best_epoch']})")
-    plot_confusion(np.array(lf["confusion_matrix"]), classes, out / "confusion_leakage_free.png", f"{name}: leakage-free test (n={len(te)})")
+    plot_curves(res["history"], out / "training_curves.png",
+                f"{name}: leakage-free training (model selected at epoch {res['best_epoch']})")
+    plot_confusion(np.array(lf["confusion_matrix"]), classes, out / "confusion_leakage_free.png",
+                   f"{name}: leakage-free test (n={len(te)})")
     latency = latency_ms(onnx_path)
     size = onnx_path.stat().st_size
     print(f"[{name}] leakage-free test: micro {lf['micro_accuracy']:.4f} macro {lf['macro_accuracy']:.4f} "
@@ -199,7 +207,8 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
                        f"{name}: paper protocol, best seed {best['seed']} (n={best['test_images']})")
 
     wall = time.time() - t_start
-    card = _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, group_stats, split_counts, train_cfg)
+    card = _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, group_stats, split_counts,
+                 train_cfg)
     (out / "model.json").write_text(json.dumps(card, indent=1) + "\n")
     from .report import write_report
     write_report(out, name, cfg, card, lf, lf_val, lf_uncal, extra, paper, paper_summary, res, group_stats,
@@ -207,7 +216,8 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     print(f"[{name}] done in {wall / 60:.1f} min: {out}", flush=True)
 
 
-def paper_protocol(name: str, x: np.ndarray, y: np.ndarray, seeds: int, epochs: int, shard: tuple[int, int]) -> list[dict]:
+def paper_protocol(name: str, x: np.ndarray, y: np.ndarray, seeds: int, epochs: int,
+                   shard: tuple[int, int]) -> list[dict]:
     """Stratified 70/30 image-level repeats with the model's paper recipe; finished seeds are reused.
 
     ``shard`` = (i, n) trains only the seeds with seed % n == i, so n processes can share the work;
@@ -240,7 +250,8 @@ def paper_protocol(name: str, x: np.ndarray, y: np.ndarray, seeds: int, epochs: 
         m["train_seconds"] = pres.get("train_seconds")
         metrics_file.write_text(json.dumps(m, indent=1))
         paper.append(m)
-        print(f"[{name}] paper seed {seed}: micro {m['micro_accuracy']:.4f} macro {m['macro_accuracy']:.4f} log-loss {m['log_loss']:.4f}", flush=True)
+        print(f"[{name}] paper seed {seed}: micro {m['micro_accuracy']:.4f} macro {m['macro_accuracy']:.4f} log-loss "
+              f"{m['log_loss']:.4f}", flush=True)
     return paper
 
 
@@ -254,7 +265,7 @@ def _is_square(path: Path) -> bool:
 def _summarise_paper(paper: list[dict], paper_epochs: int) -> dict:
     if not paper:
         return {}
-    out = {"seeds": len(paper), "epochs": paper_epochs, "test_fraction": PAPER_TEST_FRACTION}
+    out: dict[str, Any] = {"seeds": len(paper), "epochs": paper_epochs, "test_fraction": PAPER_TEST_FRACTION}
     for key in ("micro_accuracy", "macro_accuracy", "macro_f1", "log_loss", "log_loss_reduction"):
         v = np.array([m[key] for m in paper])
         out[key] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
@@ -262,7 +273,8 @@ def _summarise_paper(paper: list[dict], paper_epochs: int) -> dict:
     return out
 
 
-def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, group_stats, split_counts, train_cfg) -> dict:
+def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, group_stats, split_counts,
+          train_cfg) -> dict:
     classes = cfg["classes"]
     pre = dict(stub["preprocessing"])
     window = "" if not cfg["ct_window"] else (
@@ -271,12 +283,14 @@ def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, 
     pre["description"] = (
         "DICOM: stored values -> modality LUT (Rescale Slope/Intercept, HU for CT); " + window +
         ("otherwise " if window else "then ") +
-        "the file's own VOI window if it has one, else the stored bit range (8-bit) or robust 0.5-99.5 percentiles; MONOCHROME1 inverted; "
-        "colour converted to BT.601 luma; " +
+        "the file's own VOI window if it has one, else the stored bit range (8-bit) or robust 0.5-99.5 percentiles; "
+        "MONOCHROME1 inverted; colour converted to BT.601 luma; " +
         ("padded to a black square then " if cfg["resize"] == "pad" else "stretched to the square input by ") +
-        f"antialiased bilinear resize to {cfg['size']}x{cfg['size']}; (grey - 0.5) / 0.25. Training images (8-bit JPEG/PNG, "
-        "already display-windowed by their publishers) are divided by 255 instead of the DICOM steps. " + cfg["resize_reason"])
-    lf_card = {k: lf[k] for k in ("micro_accuracy", "macro_accuracy", "macro_f1", "log_loss", "log_loss_reduction", "test_images")}
+        f"antialiased bilinear resize to {cfg['size']}x{cfg['size']}; (grey - 0.5) / 0.25. Training images (8-bit "
+        "JPEG/PNG, already display-windowed by their publishers) are divided by 255 instead of the DICOM steps. "
+        + cfg["resize_reason"])
+    lf_card = {k: lf[k] for k in ("micro_accuracy", "macro_accuracy", "macro_f1", "log_loss", "log_loss_reduction",
+                                  "test_images")}
     lf_card["ci95"] = lf["ci95"]
     lf_card["ci95_group_bootstrap"] = lf.get("ci95_group_bootstrap")
     lf_card["per_class_recall"] = {c: lf["per_class"][c]["recall"] for c in classes}
@@ -300,12 +314,14 @@ def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, 
             "per_class": {c: int((y == i).sum()) for i, c in enumerate(classes)},
             "split": (f"leakage-free grouped stratified split train/val/test = {LEAKAGE_FREE_FRACTIONS} over "
                       f"{group_stats['groups']} groups (exact + near duplicates + patient proxies); per class "
-                      f"{ {p: dict(zip(classes, v)) for p, v in split_counts.items()} }"),
+                      f"{ {p: dict(zip(classes, v, strict=True)) for p, v in split_counts.items()} }"),
         },
         "architecture": (f"plain CNN, 9 convolutions with batch norm, width {train_cfg['width']}, trained from scratch"
-                         + (f"; mean of the logits of {res['members']} such networks trained with different seeds (one ONNX graph)"
+                         + (f"; mean of the logits of {res['members']} such networks trained with different seeds (one "
+                            "ONNX graph)"
                             if res.get("members", 1) > 1 else "")),
-        "training": {k: v for k, v in train_cfg.items() if k != "augment"} | {"epochs": res["epochs"], "best_epoch": res["best_epoch"]}
+        "training": {k: v for k, v in train_cfg.items() if k != "augment"}
+                    | {"epochs": res["epochs"], "best_epoch": res["best_epoch"]}
                     | ({"ensemble": res["members"]} if res["members"] > 1 else {}),
         "intended_use": "For research and decision support only; not for clinical diagnosis.",
         "limitations": limitations,
@@ -320,14 +336,17 @@ def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, 
 
 def _limitations(name: str) -> list[str]:
     common = [
-        "Trained from scratch on small public data sets gathered from GitHub copies; not validated on any clinical population.",
-        "Trained on 8-bit display-windowed JPEG/PNG images, not on DICOM: behaviour on real DICOM depends on the windowing in the preprocessing.",
+        "Trained from scratch on small public data sets gathered from GitHub copies; not validated on any clinical "
+        "population.",
+        "Trained on 8-bit display-windowed JPEG/PNG images, not on DICOM: behaviour on real DICOM depends on the "
+        "windowing in the preprocessing.",
     ]
     if name.startswith("lung-ct"):
         common += [
             "Works on single axial slices; it does not see the rest of the series and does not localise findings.",
-            "IQ-OTH/NCCD has only about 110 patients and no patient IDs: the leakage-free split groups consecutive, similar "
-            "slices as a patient proxy, which cannot guarantee patient separation; the paper-protocol figures leak patients and are optimistic.",
+            "IQ-OTH/NCCD has only about 110 patients and no patient IDs: the leakage-free split groups consecutive, "
+            "similar slices as a patient proxy, which cannot guarantee patient separation; the paper-protocol figures "
+            "leak patients and are optimistic.",
             "In IQ-OTH/NCCD all non-square images are Malignant (shortcut); mitigated by augmentation, see the report.",
             "The training images come already windowed by their publishers (unknown window, looks like a soft-tissue "
             "window); the card's ct_window (40/400 HU) imitates that look on real CT DICOM, but the models were never "
@@ -335,18 +354,22 @@ def _limitations(name: str) -> list[str]:
         ]
     if name == "lung-ct-6":
         common += [
-            "The three carcinoma classes and the second Normal source come from the Kaggle 'Chest CT-Scan images' set, assembled "
-            "from web sources with a visibly different look (size, format); the model can separate sources rather than pathology. "
-            "'Malignant' (IQ-OTH/NCCD) and the three carcinoma subtypes overlap clinically; they are separated largely by source.",
-            "56 test images of that set are missing and one cross-class duplicate pair (l4.png / sq2.png) was left out.",
+            "The three carcinoma classes and the second Normal source come from the Kaggle 'Chest CT-Scan images' set, "
+            "assembled from web sources with a visibly different look (size, format); the model can separate sources "
+            "rather than pathology. 'Malignant' (IQ-OTH/NCCD) and the three carcinoma subtypes overlap clinically; "
+            "they are separated largely by source.",
+            "56 test images of that set are missing and one cross-class duplicate pair (l4.png / sq2.png) was left "
+            "out.",
         ]
     if name == "xray-bodypart":
         common += [
-            "There is NO abdominal class (and no skull, pelvis/hip, foot/ankle or hand-only class): an abdominal film will be "
-            "assigned to one of the four classes, most likely 'other' or 'spine'.",
-            "Each class comes from one or two sources (knee: CLAHE-processed crops; upper limb: Roboflow export with fractures; "
-            "spine: one scoliosis set; adult chest: mostly COVID/pneumonia films and figures from papers), so source style is a shortcut.",
-            "'pediatric-chest' is Kermany (patients aged 1-5) only; 'spine' includes adolescents; one third of adult-chest images have no age.",
+            "There is NO abdominal class (and no skull, pelvis/hip, foot/ankle or hand-only class): an abdominal film "
+            "will be assigned to one of the four classes, most likely 'other' or 'spine'.",
+            "Each class comes from one or two sources (knee: CLAHE-processed crops; upper limb: Roboflow export with "
+            "fractures; spine: one scoliosis set; adult chest: mostly COVID/pneumonia films and figures from papers), "
+            "so source style is a shortcut.",
+            "'pediatric-chest' is Kermany (patients aged 1-5) only; 'spine' includes adolescents; one third of "
+            "adult-chest images have no age.",
             "'other' = knee, finger, elbow, shoulder, humerus, forearm and wrist only.",
         ]
     return common

@@ -120,7 +120,8 @@ def train_run(
     model = PlainCNN(x.shape[1], k, width=cfg["width"], dropout=cfg["dropout"])
     steps_per_epoch = math.ceil(len(train_idx) / cfg["batch"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=epochs * steps_per_epoch,
+                                                pct_start=0.15)
     counts = np.bincount(y[train_idx], minlength=k).astype(np.float64)
     weights = (counts.sum() / np.maximum(counts, 1)) ** cfg.get("class_weight_power", 0.5)
     weights = torch.tensor(weights / (weights * counts).sum() * counts.sum(), dtype=torch.float32)
@@ -169,7 +170,8 @@ def train_run(
                             ema[key].copy_(value)
             tot_loss += float(loss.detach()) * len(idx)
             tot_correct += float((logits.argmax(1) == yb).sum())
-        rec = {"epoch": epoch + 1, "train_loss": tot_loss / len(order), "train_acc": tot_correct / len(order), "lr": sched.get_last_lr()[0]}
+        rec = {"epoch": epoch + 1, "train_loss": tot_loss / len(order), "train_acc": tot_correct / len(order),
+               "lr": sched.get_last_lr()[0]}
         # evaluation and checkpoints use the exponential moving average of the weights when enabled
         eval_state = ema if ema_decay else model.state_dict()
         if ema_decay:
@@ -178,7 +180,8 @@ def train_run(
         if val_idx is not None and len(val_idx):
             vl = predict(model, x[val_idx])
             vy = y[val_idx]
-            rec.update(val_loss=_log_loss(vl, vy), val_acc=float((vl.argmax(1) == vy).mean()), val_macro_f1=_macro_f1(vl.argmax(1), vy, k))
+            rec.update(val_loss=_log_loss(vl, vy), val_acc=float((vl.argmax(1) == vy).mean()),
+                       val_macro_f1=_macro_f1(vl.argmax(1), vy, k))
             score = rec["val_macro_f1"] - 1e-3 * rec["val_loss"]
         else:
             score = epoch  # last epoch wins
@@ -202,8 +205,8 @@ def train_run(
     if val_idx is not None and len(val_idx):
         temperature = fit_temperature(predict(model, x[val_idx]), y[val_idx])
     torch.save(model.state_dict(), run_dir / "best.pt")
-    result = {"best_epoch": best["epoch"], "temperature": temperature, "history": history, "epochs": epochs, "seed": seed,
-              "train_seconds": sum(1 for _ in history) and (time.time() - t0)}
+    result = {"best_epoch": best["epoch"], "temperature": temperature, "history": history, "epochs": epochs,
+              "seed": seed, "train_seconds": sum(1 for _ in history) and (time.time() - t0)}
     result_file.write_text(json.dumps(result, indent=1))
     return result
 

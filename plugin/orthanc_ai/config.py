@@ -7,9 +7,10 @@ writes to Orthanc's log before refusing to start the plugin.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 SECTION = "OrthancAI"
 DEFAULT_PRIVATE_CREATOR = "ORTHANC AI RESULTS 1"
@@ -35,9 +36,9 @@ class PluginConfig:
     auto_predict: bool = True
     models_directory: Path = DEFAULT_MODELS_DIRECTORY
     # None: every model found in models_directory.
-    enabled_models: Optional[tuple[str, ...]] = None
+    enabled_models: tuple[str, ...] | None = None
     # Per model: header rules that replace the model card's "applies_to".
-    applies_to: Mapping[str, Mapping[str, list[Optional[str]]]] = field(default_factory=dict)
+    applies_to: Mapping[str, Mapping[str, list[str | None]]] = field(default_factory=dict)
     workers: int = 2
     # Added niceness of the worker threads, so Orthanc's own ingest wins the CPU and the plugin catches up.
     worker_niceness: int = 10

@@ -12,15 +12,16 @@ decoded, so a 46341 × 46341 image or an SR document costs one header parse.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.pixels import apply_color_lut, pixel_array
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .preprocessing import PixelAttributes
 
@@ -112,7 +113,7 @@ def read_header(dicom: bytes, max_frame_pixels: int) -> InstanceHeader:
 
 
 def decode_analysed_frame(
-    instance: InstanceHeader, fallback: Optional[Callable[[int], np.ndarray]] = None
+    instance: InstanceHeader, fallback: Callable[[int], np.ndarray] | None = None
 ) -> np.ndarray:
     """Decode the analysed frame: (rows, columns) stored values, or (rows, columns, 3) RGB.
 
@@ -147,11 +148,12 @@ def _complete_transfer_syntax(dataset: Dataset) -> None:
 
 
 def _decode_with_fallback(
-    instance: InstanceHeader, fallback: Optional[Callable[[int], np.ndarray]], error: Exception
+    instance: InstanceHeader, fallback: Callable[[int], np.ndarray] | None, error: Exception
 ) -> np.ndarray:
     reason = f"{error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     if fallback is None or instance.pixels.photometric == "PALETTE COLOR":
-        raise InstanceSkipped(f"cannot decode transfer syntax {_transfer_syntax(instance.dataset)}: {reason}") from error
+        raise InstanceSkipped(f"cannot decode transfer syntax {_transfer_syntax(instance.dataset)}: "
+                              f"{reason}") from error
     try:
         return fallback(instance.analysed_frame_index)
     except Exception as second:
@@ -166,7 +168,7 @@ def _transfer_syntax(dataset: Dataset) -> str:
     return str(getattr(meta, "TransferSyntaxUID", "unknown")) if meta is not None else "unknown"
 
 
-def _text(value: object) -> str:
+def _text(value: Any) -> str:  # an element value of any VR, as pydicom gives it
     if value is None:
         return ""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
@@ -182,7 +184,7 @@ def _int(dataset: Dataset, keyword: str, default: int = 0) -> int:
         return default
 
 
-def _float(dataset: Dataset, keyword: str) -> Optional[float]:
+def _float(dataset: Dataset, keyword: str) -> float | None:
     """First value of a DS attribute (Window Center may hold several), or None."""
     try:
         value = dataset.get(keyword)

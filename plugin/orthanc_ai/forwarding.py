@@ -17,7 +17,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 from .background import BackgroundTask
 from .config import METADATA_ROUTING
@@ -49,7 +49,7 @@ class Send:
     destination: Destination
     decided_at: float = field(default_factory=time.monotonic)
     attempts: int = 0
-    job: Optional[str] = None
+    job: str | None = None
     due: float = 0.0
     state: str = "waiting"  # waiting | running | sent | failed
     reason: str = ""
@@ -62,7 +62,7 @@ class Send:
 class Forwarder(BackgroundTask):
     thread_name = "orthanc-ai-forwarder"
 
-    def __init__(self, api: ForwardingApi, policy: RoutingPolicy, locks: Optional[InstanceLocks] = None) -> None:
+    def __init__(self, api: ForwardingApi, policy: RoutingPolicy, locks: InstanceLocks | None = None) -> None:
         super().__init__()
         self.api = api
         self.policy = policy
@@ -73,7 +73,7 @@ class Forwarder(BackgroundTask):
         self._active: dict[tuple[str, str], Send] = {}
         self._audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_ENTRIES)
         self._counts: Counter[str] = Counter()
-        self._has_labels: Optional[bool] = None
+        self._has_labels: bool | None = None
 
     # --- decisions in ----------------------------------------------------
     def route(self, instance_id: str, decisions: list[RoutingDecision], resend: bool = False) -> list[dict[str, Any]]:
@@ -116,7 +116,7 @@ class Forwarder(BackgroundTask):
             except Exception:
                 log.exception("Forwarding step failed")
 
-    def step(self, now: Optional[float] = None) -> None:
+    def step(self, now: float | None = None) -> None:
         """Start due sends and collect finished jobs (one pass; the thread calls it repeatedly)."""
         now = time.monotonic() if now is None else now
         with self._lock:
@@ -184,7 +184,7 @@ class Forwarder(BackgroundTask):
 
     # --- audit and status ---------------------------------------------------
     def _audit_entry(self, instance_id: str, decision: RoutingDecision, target: str, outcome: str,
-                     send: Optional[Send] = None) -> dict[str, Any]:
+                     send: Send | None = None) -> dict[str, Any]:
         entry = {
             "at": datetime.now().astimezone().isoformat(timespec="milliseconds"),
             "instance": instance_id,
@@ -192,7 +192,7 @@ class Forwarder(BackgroundTask):
             "model": decision.result.model,
             "topClass": decision.result.top_class,
             "topProbability": round(decision.result.top_probability, 6),
-            "classes": dict(zip(decision.result.classes, decision.result.probabilities)),
+            "classes": dict(zip(decision.result.classes, decision.result.probabilities, strict=False)),
             "target": target,
             "outcome": outcome,
         }
@@ -203,7 +203,7 @@ class Forwarder(BackgroundTask):
             self._audit.append(entry)
         return entry
 
-    def audit(self, instance_id: Optional[str] = None, limit: int = 100) -> list[dict[str, Any]]:
+    def audit(self, instance_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:
             entries = [e for e in self._audit if instance_id is None or e["instance"] == instance_id]
         return entries[-limit:]
@@ -233,4 +233,5 @@ def routing_record(metadata: dict[str, str]) -> dict[str, Any]:
 
 
 def sent_keys(metadata: dict[str, str]) -> set[str]:
-    return {key for key, value in routing_record(metadata).items() if isinstance(value, dict) and value.get("state") == "sent"}
+    return {key for key, value in routing_record(metadata).items()
+            if isinstance(value, dict) and value.get("state") == "sent"}

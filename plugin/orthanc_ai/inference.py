@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional
 
 import numpy as np
 import onnxruntime
@@ -40,7 +39,7 @@ class LoadedModel:
         spec = self.card.preprocessing
         shape = self.session.get_inputs()[0].shape
         expected = [spec.channels, spec.height, spec.width]
-        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)):
             raise ModelLoadError(f"{self.card.name}: ONNX input shape {shape} does not match the card's {expected}")
         outputs = self.session.get_outputs()[0].shape
         if isinstance(outputs[-1], int) and outputs[-1] != len(self.card.classes):
@@ -54,8 +53,8 @@ class LoadedModel:
         attributes: PixelAttributes,
         *,
         frame_number: int = 1,
-        source_file_name: Optional[str] = None,
-        source_file_size: Optional[int] = None,
+        source_file_name: str | None = None,
+        source_file_size: int | None = None,
     ) -> ModelResult:
         spec = self.card.preprocessing
         probabilities = self.run(unit_grey_to_tensor(frame_to_unit_grey(frame, attributes, spec), spec))

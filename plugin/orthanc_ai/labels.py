@@ -13,7 +13,8 @@ import hashlib
 import logging
 import re
 import unicodedata
-from typing import Any, Mapping, Optional, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def label_for(model: str, top_class: str) -> str:
     label = f"{PREFIX}-{label_part(model)}-{label_part(top_class)}"
     if len(label) <= MAX_LENGTH:
         return label
-    digest = hashlib.sha1(f"{model}\0{top_class}".encode("utf-8")).hexdigest()[:8]
+    digest = hashlib.sha1(f"{model}\0{top_class}".encode()).hexdigest()[:8]
     return f"{label[: MAX_LENGTH - 9]}_{digest}"
 
 
@@ -41,7 +42,7 @@ def is_valid_label(label: str) -> bool:
     return 0 < len(label) <= MAX_LENGTH and _NOT_ALLOWED.search(label) is None
 
 
-def _version_tuple(version: str) -> Optional[tuple[int, ...]]:
+def _version_tuple(version: str) -> tuple[int, ...] | None:
     match = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", version.strip())
     if not match:
         return None
@@ -79,7 +80,7 @@ class StudyLabeler:
 
     def __init__(self, api: LabelApi) -> None:
         self.api = api
-        self.enabled: Optional[bool] = None
+        self.enabled: bool | None = None
 
     def __call__(self, outcome: Any) -> None:
         if outcome.state != "predicted" or not outcome.results:

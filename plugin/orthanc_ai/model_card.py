@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from .preprocessing import Preprocessing
 
@@ -32,18 +33,18 @@ class Applicability:
     is absent or empty.
     """
 
-    rules: Mapping[str, tuple[Optional[str], ...]] = field(default_factory=dict)
+    rules: Mapping[str, tuple[str | None, ...]] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, section: Mapping[str, Any]) -> "Applicability":
-        rules: dict[str, tuple[Optional[str], ...]] = {}
+    def from_json(cls, section: Mapping[str, Any]) -> Applicability:
+        rules: dict[str, tuple[str | None, ...]] = {}
         for keyword, accepted in section.items():
             if not isinstance(accepted, list) or not all(v is None or isinstance(v, str) for v in accepted):
                 raise ModelCardError(f"applies_to.{keyword} must be a list of strings or null")
             rules[keyword] = tuple(None if v is None else v.upper() for v in accepted)
         return cls(rules)
 
-    def mismatch(self, header: Mapping[str, str]) -> Optional[str]:
+    def mismatch(self, header: Mapping[str, str]) -> str | None:
         """None when the image matches, else a short reason such as 'Modality MR not in [CT]'."""
         for keyword, accepted in self.rules.items():
             value = (header.get(keyword) or "").strip().upper()
@@ -64,13 +65,13 @@ class RoutedBy:
     min_probability: float = 0.0
 
     @classmethod
-    def from_json(cls, section: Mapping[str, Any]) -> "RoutedBy":
+    def from_json(cls, section: Mapping[str, Any]) -> RoutedBy:
         classes = section.get("classes")
         if not isinstance(section.get("model"), str) or not isinstance(classes, list) or not classes:
             raise ModelCardError('routed_by needs "model" and a non-empty list of "classes"')
         return cls(section["model"], tuple(str(c) for c in classes), float(section.get("min_probability", 0.0)))
 
-    def mismatch(self, results: Mapping[str, Any]) -> Optional[str]:
+    def mismatch(self, results: Mapping[str, Any]) -> str | None:
         """None when the router's result (ModelResult by model name) routes the image here."""
         result = results.get(self.model)
         if result is None:
@@ -92,14 +93,14 @@ class ModelCard:
     output_kind: str  # "logits" or "probabilities"
     folder: Path
     raw: Mapping[str, Any]
-    routed_by: Optional[RoutedBy] = None
+    routed_by: RoutedBy | None = None
 
     @property
     def onnx_path(self) -> Path:
         return self.folder / ONNX_FILE
 
     @classmethod
-    def load(cls, folder: Path) -> "ModelCard":
+    def load(cls, folder: Path) -> ModelCard:
         path = folder / CARD_FILE
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
@@ -111,7 +112,7 @@ class ModelCard:
             raise ModelCardError(f"{path}: {error.__class__.__name__}: {error}") from error
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any], folder: Path) -> "ModelCard":
+    def from_json(cls, raw: Mapping[str, Any], folder: Path) -> ModelCard:
         name = str(raw["name"])
         if not MODEL_NAME_PATTERN.match(name):
             raise ModelCardError(f"name {name!r} must be lower-case letters, digits, '.', '_' or '-'")

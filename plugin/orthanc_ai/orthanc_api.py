@@ -6,9 +6,12 @@ imports ``orthanc``.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .routing import Destination
 
 
 class ResourceNotFound(LookupError):
@@ -74,3 +77,10 @@ class OrthancApi(Protocol):
 
     def add_study_label(self, study_id: str, label: str) -> None:
         """PUT /studies/{id}/labels/{label} (Orthanc 1.12 and later)."""
+
+    # --- Routing: forwarding to modalities and peers ---------------------------
+    def start_store_job(self, destination: Destination, instance_id: str) -> str:
+        """Start an asynchronous job sending one instance (C-STORE to a modality, HTTP to a peer); its id."""
+
+    def job_state(self, job_id: str) -> tuple[str, str]:
+        """State of an Orthanc job (GET /jobs/{id}) and its error description, if any."""

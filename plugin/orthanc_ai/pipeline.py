@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -58,11 +58,11 @@ class PredictionPipeline:
         self.echoes = echoes
         self.locks = InstanceLocks()
         # Called after each successful prediction, once the tags are stored: the router
-        # (forwarding the tagged instance) and the study labels of Orthanc ≥ 1.12.
-        self.after_prediction: list[Callable[[Outcome], None]] = []
+        # (forwarding the tagged instance) and the study labels of Orthanc ≥ 1.12. What a hook returns is ignored.
+        self.after_prediction: list[Callable[[Outcome], object]] = []
 
     def process(
-        self, instance_id: str, models: Optional[Sequence[str]] = None, force: bool = False, claim: bool = False
+        self, instance_id: str, models: Sequence[str] | None = None, force: bool = False, claim: bool = False
     ) -> Outcome:
         """Predict one instance and store its results; never raises for a bad instance.
 
@@ -92,7 +92,7 @@ class PredictionPipeline:
             self._record(outcome)
         return outcome
 
-    def _predict(self, instance_id: str, chosen: Optional[list[LoadedModel]], force: bool) -> Outcome:
+    def _predict(self, instance_id: str, chosen: list[LoadedModel] | None, force: bool) -> Outcome:
         original = self.api.instance_file(instance_id)
         if len(original) > self.config.max_file_megabytes * 1024 * 1024:
             raise InstanceSkipped(f"file too large: {len(original)} bytes exceeds MaxFileMegabytes")
@@ -187,9 +187,9 @@ class PredictionPipeline:
 class _ModelRun:
     """Runs models on one instance, reading its metadata and decoding its frame once, when first needed."""
 
-    def __init__(self, pipeline: "PredictionPipeline", instance_id: str, original: bytes, instance: InstanceHeader):
+    def __init__(self, pipeline: PredictionPipeline, instance_id: str, original: bytes, instance: InstanceHeader):
         self.pipeline, self.instance_id, self.original, self.instance = pipeline, instance_id, original, instance
-        self._frame: Optional[np.ndarray] = None
+        self._frame: np.ndarray | None = None
         self.metadata: dict[str, str] = {}
         self.provenance: dict = {}
 

@@ -21,9 +21,10 @@ Only numpy is needed, so the plugin carries no image library.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,12 +40,12 @@ class Preprocessing:
     channels: int = 1
     resize: str = "pad"
     # (centre, width) in Hounsfield units, used when the image is a CT in HU.
-    ct_window: Optional[tuple[float, float]] = None
+    ct_window: tuple[float, float] | None = None
     mean: float = 0.5
     std: float = 0.25
 
     @classmethod
-    def from_card(cls, card: Mapping[str, Any]) -> "Preprocessing":
+    def from_card(cls, card: Mapping[str, Any]) -> Preprocessing:
         """Build from a model card's ``input`` and ``preprocessing`` sections."""
         model_input = card["input"]
         section = card.get("preprocessing", {})
@@ -81,10 +82,10 @@ class PixelAttributes:
     photometric: str = "MONOCHROME2"
     bits_stored: int = 8
     modality: str = ""
-    rescale_slope: Optional[float] = None
-    rescale_intercept: Optional[float] = None
-    window_center: Optional[float] = None
-    window_width: Optional[float] = None
+    rescale_slope: float | None = None
+    rescale_intercept: float | None = None
+    window_center: float | None = None
+    window_width: float | None = None
 
     @property
     def in_hounsfield_units(self) -> bool:
@@ -122,7 +123,7 @@ def frame_to_unit_grey(frame: np.ndarray, attributes: PixelAttributes, spec: Pre
     if frame.ndim == 3:
         # Colour images carry no modality or VOI LUT; palette lookups give 16-bit values.
         full_scale = float(np.iinfo(frame.dtype).max) if frame.dtype.kind in "iu" else 1.0
-        grey = luminance(frame) / full_scale
+        grey: np.ndarray = luminance(frame) / full_scale
         return grey.clip(0.0, 1.0).astype(np.float32)
 
     values = frame.astype(np.float32)

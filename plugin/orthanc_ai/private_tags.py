@@ -19,10 +19,11 @@ a model rewrites its own slot, so a model never has two entries.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime
-from typing import Any, Optional, Sequence
+from functools import lru_cache
+from typing import Any
 
 from pydicom.datadict import add_private_dict_entries
 from pydicom.dataset import Dataset, PrivateBlock
@@ -59,7 +60,8 @@ MODEL_ELEMENTS = (
     Field(0x7, "DS", "AIModel{n}ClassProbabilities", "1-n", "Probability of each class (same order), 0–1"),
     Field(0x8, "LO", "AIModel{n}TopClass", "1", "Most probable class"),
     Field(0x9, "DS", "AIModel{n}TopProbability", "1", "Probability of the top class, 0–1"),
-    Field(0xA, "IS", "AIModel{n}AnalysedFrame", "1", "Frame analysed (1-based; the middle frame of a multi-frame image)"),
+    Field(0xA, "IS", "AIModel{n}AnalysedFrame", "1",
+          "Frame analysed (1-based; the middle frame of a multi-frame image)"),
 )
 _FIELD = {f.keyword.replace("{n}", ""): f for f in MODEL_ELEMENTS}
 
@@ -75,8 +77,8 @@ class ModelResult:
     classes: tuple[str, ...]
     probabilities: tuple[float, ...]
     frame: int = 1
-    source_file_name: Optional[str] = None
-    source_file_size: Optional[int] = None
+    source_file_name: str | None = None
+    source_file_size: int | None = None
 
     @property
     def top_index(self) -> int:
@@ -96,7 +98,7 @@ class ModelResult:
             "version": self.version,
             "dataset": self.dataset,
             "dateTime": self.predicted_at.isoformat(timespec="seconds"),
-            "classes": dict(zip(self.classes, self.probabilities)),
+            "classes": dict(zip(self.classes, self.probabilities, strict=False)),
             "topClass": self.top_class,
             "topProbability": self.top_probability,
             "frame": self.frame,
@@ -186,7 +188,7 @@ def read_results(dataset: Dataset, creator: str) -> list[ModelResult]:
     for slot in range(1, MAX_MODEL_SLOTS + 1):
         if slot * 16 not in block:
             continue
-        value = lambda name: _value(block, slot, _FIELD[name])  # noqa: E731 - local shorthand
+        value = lambda name, slot=slot: _value(block, slot, _FIELD[name])  # noqa: E731 - local shorthand
         classes = tuple(_as_list(value("AIModelClassNames")))
         probabilities = tuple(float(p) for p in _as_list(value("AIModelClassProbabilities")))
         if not classes or len(classes) != len(probabilities):
@@ -278,7 +280,8 @@ def markdown_dictionary(creator: str) -> str:
         f"| (0055,00xx) | LO | 1 | private creator | `{creator}` |",
     ]
     for field in HEADER_ELEMENTS:
-        lines.append(f"| (0055,xx{field.offset:02X}) | {field.vr} | {field.vm} | {field.keyword} | {field.description} |")
+        lines.append(f"| (0055,xx{field.offset:02X}) | {field.vr} | {field.vm} | {field.keyword} "
+                     f"| {field.description} |")
     for field in MODEL_ELEMENTS:
         name = field.keyword.replace("{n}", "NN")
         lines.append(f"| (0055,xxN{field.offset:X}) | {field.vr} | {field.vm} | {name} | {field.description} |")
@@ -292,7 +295,9 @@ def update_orthanc_configuration(path: str, creator: str) -> None:
     configuration = json.loads(open(path, encoding="utf-8").read())
     configuration["Dictionary"] = orthanc_dictionary(creator)
     text = json.dumps({k: v for k, v in configuration.items() if k != "Dictionary"}, indent=2, ensure_ascii=False)
-    entries = ",\n".join(f"    {json.dumps(tag)}: {json.dumps(entry)}" for tag, entry in configuration["Dictionary"].items())
+    entries = ",\n".join(
+        f"    {json.dumps(tag)}: {json.dumps(entry)}" for tag, entry in configuration["Dictionary"].items()
+    )
     text = text[: text.rstrip().rfind("}")].rstrip() + ',\n  "Dictionary": {\n' + entries + "\n  }\n}\n"
     open(path, "w", encoding="utf-8").write(text)
 

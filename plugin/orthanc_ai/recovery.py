@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from .background import BackgroundTask
 from .config import METADATA_STATUS
@@ -35,7 +36,7 @@ class ChangeLog(Protocol):
     def last_change(self) -> int: ...
     def changes(self, since: int, limit: int) -> dict: ...
     def instance_metadata(self, instance_id: str) -> dict[str, str]: ...
-    def get_checkpoint(self) -> Optional[str]: ...
+    def get_checkpoint(self) -> str | None: ...
     def set_checkpoint(self, value: str) -> None: ...
 
 
@@ -56,7 +57,7 @@ class BacklogRecovery(BackgroundTask):
             self.replay()
         except Exception:
             log.exception("Replaying Orthanc's change log failed; pending instances may need a manual Predict")
-        pending_mark: Optional[int] = None
+        pending_mark: int | None = None
         while not self._stop.wait(CHECKPOINT_PERIOD_SECONDS):
             try:
                 pending_mark = self._advance(pending_mark)
@@ -93,14 +94,14 @@ class BacklogRecovery(BackgroundTask):
             log.warning("Recovered %d instance(s) stored since change %d without a prediction", queued, checkpoint)
         return queued
 
-    def _advance(self, pending_mark: Optional[int]) -> Optional[int]:
+    def _advance(self, pending_mark: int | None) -> int | None:
         if not self.is_idle():
             return None
         if pending_mark is not None:
             self._write_checkpoint(pending_mark)
         return self.api.last_change()
 
-    def _read_checkpoint(self) -> Optional[int]:
+    def _read_checkpoint(self) -> int | None:
         raw = self.api.get_checkpoint()
         if not raw:
             return None

@@ -6,9 +6,9 @@ and skipped; the plugin keeps serving the others.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
 
 from .config import PluginConfig
 from .inference import LoadedModel, ModelLoadError
@@ -32,7 +32,7 @@ class ModelRegistry:
     load_errors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, config: PluginConfig) -> "ModelRegistry":
+    def load(cls, config: PluginConfig) -> ModelRegistry:
         registry = cls()
         folders = _model_folders(config.models_directory)
         wanted = config.enabled_models if config.enabled_models is not None else tuple(sorted(folders))
@@ -43,7 +43,7 @@ class ModelRegistry:
                 log.warning("AppliesTo names model %r, which is not enabled", name)
         return registry
 
-    def _load_one(self, name: str, folder: Optional[Path], config: PluginConfig) -> None:
+    def _load_one(self, name: str, folder: Path | None, config: PluginConfig) -> None:
         if folder is None:
             self.load_errors[name] = f"no folder {name}/ with a {CARD_FILE} in {config.models_directory}"
             log.error("Model %s skipped: %s", name, self.load_errors[name])
@@ -73,7 +73,7 @@ class ModelRegistry:
         return chosen
 
     def applicable(
-        self, header: Mapping[str, str], results: Optional[Mapping[str, ModelResult]] = None
+        self, header: Mapping[str, str], results: Mapping[str, ModelResult] | None = None
     ) -> tuple[list[LoadedModel], dict[str, str]]:
         """Models whose rules match the header, and for the others the reason they do not.
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 
 class BadRequest(ValueError):

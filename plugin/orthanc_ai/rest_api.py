@@ -8,7 +8,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import pydicom
 
@@ -18,9 +19,9 @@ from .decoding import InstanceSkipped, read_header
 from .orthanc_api import ResourceNotFound
 from .private_tags import read_results
 from .registry import UnknownModel
-from .service import PluginService
 from .request_body import BadRequest, json_object
 from .routing import decide
+from .service import PluginService
 from .tagging import stored_results
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def instance_predictions(service: PluginService, instance_id: str) -> Response:
     dicom = service.api.instance_file(instance_id)
     metadata = service.api.instance_metadata(instance_id)
     results = stored_results(dicom, service.config.private_creator)
-    status: Optional[dict] = None
+    status: dict | None = None
     if METADATA_STATUS in metadata:
         try:
             status = json.loads(metadata[METADATA_STATUS])
@@ -91,7 +92,7 @@ def instance_predictions(service: PluginService, instance_id: str) -> Response:
 def applicable_models(service: PluginService, instance_id: str) -> Response:
     """Which models apply to the instance (the Explorer pre-selects them), and why the others do not."""
     dicom = service.api.instance_file(instance_id)
-    cannot_predict: Optional[str] = None
+    cannot_predict: str | None = None
     applicable: list[str] = []
     not_applicable: dict[str, str] = {}
     try:
@@ -118,7 +119,7 @@ SUMMARY_LIMIT = 500
 def children_predictions(service: PluginService, level: str, resource_id: str) -> Response:
     """One row per instance of a series or study: each model's top class and probability, from the tags."""
     instances = service.api.child_instances(level, resource_id)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for instance_id in instances[:SUMMARY_LIMIT]:
         try:
             dicom = service.api.instance_file(instance_id)
@@ -180,7 +181,7 @@ def upload_file(service: PluginService, body: bytes) -> Response:
         log.warning("Upload of %r refused by Orthanc: %s", upload.file_name, error)
         convertible = upload.kind != "dicom"
         return 400, {"error": f"Orthanc refused the {upload.kind.upper()} file: {error}", "convertible": convertible}
-    instance_id = answer.get("ID")
+    instance_id: str = answer["ID"]  # Orthanc's answer to a successful store always has it
     if expected and instance_id != expected:
         service.pipeline.echoes.cancel(expected)
         log.warning("Upload of %r stored as %s, not %s as computed: its file name may miss the results",
@@ -200,7 +201,7 @@ def upload_file(service: PluginService, body: bytes) -> Response:
     }
 
 
-def _status_of(metadata: dict[str, str]) -> Optional[dict]:
+def _status_of(metadata: dict[str, str]) -> dict | None:
     if METADATA_STATUS not in metadata:
         return None
     try:
@@ -209,7 +210,7 @@ def _status_of(metadata: dict[str, str]) -> Optional[dict]:
         return {"state": "unknown", "reason": "unreadable AIStatus metadata"}
 
 
-def _instance_numbers(dicom: bytes) -> tuple[Optional[int], Optional[int]]:
+def _instance_numbers(dicom: bytes) -> tuple[int | None, int | None]:
     try:
         ds = pydicom.dcmread(io.BytesIO(dicom), stop_before_pixels=True, force=True,
                              specific_tags=["SeriesNumber", "InstanceNumber"])
@@ -218,14 +219,14 @@ def _instance_numbers(dicom: bytes) -> tuple[Optional[int], Optional[int]]:
         return None, None
 
 
-def _int_or_none(value: Any) -> Optional[int]:
+def _int_or_none(value: Any) -> int | None:
     try:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
 
 
-def _parse_predict_body(body: bytes) -> tuple[Optional[list[str]], bool]:
+def _parse_predict_body(body: bytes) -> tuple[list[str] | None, bool]:
     request = json_object(body, PREDICT_KEYS, '{"models": ["lung-ct-3"]}')
     models = request.get("models")
     if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):

@@ -13,8 +13,9 @@ predicted again, unless a resend is asked for.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from .config import ConfigurationError
 from .private_tags import ModelResult
@@ -87,7 +88,7 @@ def decide(policy: RoutingPolicy, results: Sequence[ModelResult]) -> list[Routin
     return decisions
 
 
-def parse_routing(section: Optional[Mapping[str, Any]], models: Optional[Sequence[str]] = None) -> RoutingPolicy:
+def parse_routing(section: Mapping[str, Any] | None, models: Sequence[str] | None = None) -> RoutingPolicy:
     """Validate ``"OrthancAI" → "Routing"``. ``models``: the names that can be routed on, if known."""
     if not section:
         return RoutingPolicy()
@@ -113,7 +114,7 @@ def parse_routing(section: Optional[Mapping[str, Any]], models: Optional[Sequenc
     return policy
 
 
-def _parse_rule(raw: Any, index: int, models: Optional[Sequence[str]]) -> RoutingRule:
+def _parse_rule(raw: Any, index: int, models: Sequence[str] | None) -> RoutingRule:
     where = f"routing rule #{index + 1}"
     if not isinstance(raw, Mapping):
         raise RoutingRuleError(f"{where} must be a JSON object")
@@ -123,7 +124,8 @@ def _parse_rule(raw: Any, index: int, models: Optional[Sequence[str]]) -> Routin
     where = f'routing rule "{name}"'
     unknown = set(raw) - RULE_KEYS
     if unknown:
-        raise RoutingRuleError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(RULE_KEYS))}")
+        raise RoutingRuleError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: "
+                               f"{', '.join(sorted(RULE_KEYS))}")
     model = raw.get("Model")
     if not isinstance(model, str) or not model:
         raise RoutingRuleError(f'{where}: "Model" must name a model')

@@ -5,13 +5,13 @@ import logging
 from dataclasses import dataclass
 
 from .config import PluginConfig
+from .forwarding import Forwarder
 from .instance_guards import EchoGuard
 from .orthanc_api import OrthancApi
 from .pipeline import PredictionPipeline
-from .forwarding import Forwarder
 from .recovery import BacklogRecovery
-from .routing import check_destinations, decide, parse_routing
 from .registry import ModelRegistry
+from .routing import check_destinations, decide, parse_routing
 from .status import PluginStatus
 from .work_queue import PredictionQueue
 
@@ -30,7 +30,7 @@ class PluginService:
     forwarder: Forwarder
 
     @classmethod
-    def create(cls, config: PluginConfig, api: OrthancApi, node: str = "Orthanc") -> "PluginService":
+    def create(cls, config: PluginConfig, api: OrthancApi, node: str = "Orthanc") -> PluginService:
         registry = ModelRegistry.load(config)
         policy = parse_routing(config.routing, list(registry.models))
         status = PluginStatus()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 LATENCY_WINDOW = 1000
 RECENT_PROBLEMS = 50
@@ -16,7 +16,7 @@ class Outcome:
 
     instance_id: str
     state: str  # predicted | unchanged | skipped | failed | gone | elsewhere (claimed by another node)
-    reason: Optional[str] = None
+    reason: str | None = None
     results: list[Any] = field(default_factory=list)  # ModelResult
     seconds: float = 0.0
 
@@ -91,7 +91,7 @@ def reason_category(reason: str) -> str:
     return reason.strip() or "unknown"
 
 
-def _quantile(sorted_values: list[float], q: float) -> Optional[float]:
+def _quantile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
     return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 4)

@@ -7,7 +7,7 @@ element, every other private block and the pixel data stay byte-identical.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import pydicom
 

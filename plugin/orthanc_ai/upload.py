@@ -19,9 +19,10 @@ import hashlib
 import io
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -197,7 +198,7 @@ def patient_fields(request: Mapping[str, Any]) -> dict[str, str]:
     return fields
 
 
-def create_dicom_request(upload: Upload, now: Optional[datetime] = None) -> dict[str, Any]:
+def create_dicom_request(upload: Upload, now: datetime | None = None) -> dict[str, Any]:
     """The body of ``POST /tools/create-dicom`` that makes a Secondary Capture of a PNG/JPEG."""
     now = now or datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
@@ -238,7 +239,7 @@ def orthanc_instance_id(patient_id: str, study_uid: str, series_uid: str, sop_ui
     return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
 
 
-def dicom_instance_id(data: bytes) -> Optional[str]:
+def dicom_instance_id(data: bytes) -> str | None:
     """The Orthanc id a DICOM file will get, or None where the file cannot tell (Orthanc decides)."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True,

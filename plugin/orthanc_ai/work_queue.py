@@ -12,7 +12,7 @@ import logging
 import os
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .instance_guards import EchoGuard
 from .status import PluginStatus

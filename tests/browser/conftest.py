@@ -8,8 +8,9 @@ from __future__ import annotations
 import base64
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ XSS_CLASSES = ['<img src=x id="ai-xss-img" onerror="window.__xss=1">', '<script>
 
 
 
-def browser_unavailable() -> Optional[str]:
+def browser_unavailable() -> str | None:
     """Why the browser tests cannot run here, or None."""
     if not CHROMIUM.exists():
         return (f"browser tests need Chromium at {CHROMIUM} (Debian: apt-get install chromium; "
@@ -42,10 +43,10 @@ def browser_unavailable() -> Optional[str]:
 class ExplorerOrthanc(OrthancProcess):
     """An Orthanc whose HTTP calls from the tests carry credentials when authentication is on."""
 
-    credentials: Optional[tuple[str, str]] = None
+    credentials: tuple[str, str] | None = None
 
-    def request(self, method: str, path: str, body: Optional[bytes] = None,
-                headers: Optional[dict[str, str]] = None, timeout: float = 120.0) -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 120.0) -> tuple[int, bytes]:
         headers = dict(headers or {})
         if self.credentials:
             token = base64.b64encode(":".join(self.credentials).encode()).decode()
@@ -62,12 +63,13 @@ def browser_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def start_explorer_orthanc(workdir: Path, models: Path, credentials: Optional[tuple[str, str]] = None,
+def start_explorer_orthanc(workdir: Path, models: Path, credentials: tuple[str, str] | None = None,
                            **overrides: Any) -> ExplorerOrthanc:
     # Automatic prediction off: the tests predict through the Explorer's button and upload.
     server = ExplorerOrthanc(workdir, models, overrides, {"AutoPredict": False})
     server.credentials = credentials
-    return server.start()
+    server.start()
+    return server
 
 
 @pytest.fixture(scope="module")

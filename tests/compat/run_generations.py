@@ -53,6 +53,7 @@ CLEAN_ENVIRONMENT = {
 }
 # What make test itself needs besides the Makefile's package lists (the chroot is minbase).
 BUILD_TOOLS = ["make", "ca-certificates", "procps"]
+DEFAULT_COMMAND = ["make", "test", "PYTEST_ARGS=-ra"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def main() -> int:
         sys.exit("run_generations.py needs root (debootstrap, chroot, mount)")
     host = host_suite()
     chosen = [g for g in GENERATIONS if g.suite != host and (not arguments.only or g.suite in arguments.only)]
-    command = arguments.command or ["make", "test", "PYTEST_ARGS=-ra"]
+    command = arguments.command or DEFAULT_COMMAND
     mirror = os.environ.get("ORTHANC_AI_COMPAT_MIRROR") or host_mirror()
     packages = BUILD_TOOLS + makefile_packages()
     _say(f"host: {host or 'unknown'}; generations: {', '.join(g.suite for g in chosen)}; mirror: {mirror}")
@@ -124,7 +125,19 @@ def main() -> int:
         result = outcome.skipped_because or f"{outcome.summary or 'no pytest summary'} (exit {outcome.returncode})"
         _say(f"{outcome.generation.suite} ({outcome.generation.title}) | {outcome.versions} | {result} "
              f"| {outcome.seconds / 60:.1f}")
-    return 0 if all(o.returncode == 0 for o in outcomes if not o.skipped_because) else 1
+    counts = {word: sum(_count(o.summary, word) for o in outcomes) for word in ("passed", "failed", "skipped")}
+    counts["failed"] += sum(_count(o.summary, "error") + _count(o.summary, "errors") for o in outcomes)
+    _say(f"{len(outcomes)} generation(s), {sum(bool(o.skipped_because) for o in outcomes)} not built")
+    ran = [o for o in outcomes if not o.skipped_because]
+    if command == DEFAULT_COMMAND:
+        # One closing line for all generations, in the form CI reads.
+        print(f"compat: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+    return 0 if all(o.returncode == 0 for o in ran) else 1
+
+
+def _count(summary: str, word: str) -> int:
+    match = re.search(rf"(\d+) {word}\b", summary)
+    return int(match.group(1)) if match else 0
 
 
 def _parse_arguments() -> argparse.Namespace:

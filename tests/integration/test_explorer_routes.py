@@ -62,7 +62,8 @@ def test_upload_image_becomes_a_predicted_secondary_capture(orthanc, mode, fmt, 
 
 def test_upload_dicom_keeps_it_and_records_the_file_name(orthanc):
     dicom = synthetic_ct(seed=60)
-    status, answer = orthanc.post_json("/ai/upload", {"fileName": "slice 7.dcm", "content": data_uri(dicom, "application/dicom")})
+    status, answer = orthanc.post_json("/ai/upload",
+                                       {"fileName": "slice 7.dcm", "content": data_uri(dicom, "application/dicom")})
     assert status == 200 and answer["kind"] == "dicom"
     assert answer["instance"] == upload.dicom_instance_id(dicom)
     result = predictions(orthanc, answer["instance"])

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from tests.support.dicom_files import secondary_capture, synthetic_ct
-
 import numpy as np
+
+from tests.support.dicom_files import secondary_capture, synthetic_ct
 
 
 def test_models_route_lists_loaded_models(orthanc):

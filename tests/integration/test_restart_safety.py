@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ def test_kill_9_with_a_backlog_then_restart(start_orthanc, tmp_path: Path):
     before_kill = orthanc.status()
     assert before_kill["queueLength"] > 0, "no backlog to lose: the test would prove nothing"
     orthanc.kill()
-    restarted_at = datetime.now(timezone.utc)
+    restarted_at = datetime.now(UTC)
 
     orthanc.start()
     orthanc.wait_until(

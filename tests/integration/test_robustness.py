@@ -1,8 +1,8 @@
-"""Every real-world file of ../shared/data/dicom-robustness: Orthanc stays up, each instance is predicted or skipped with a reason."""
+"""Every real-world file of ../shared/data/dicom-robustness: Orthanc stays up, each instance is predicted or
+skipped with a reason."""
 from __future__ import annotations
 
 import json
-
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
 from orthanc_ai.private_tags import read_results
@@ -59,7 +59,8 @@ def test_every_robustness_file_is_predicted_or_skipped_and_none_lost(orthanc):
     assert not states["failed"], states["failed"]
     # The decoders cover the compressed transfer syntaxes: these real images must be predicted.
     predicted = " ".join(states["predicted"])
-    for expected in ("1.2.840.10008.1.2.4.50.dcm", "1.2.840.10008.1.2.4.51.dcm", "1.2.840.10008.1.2.4.70.dcm", "1.2.840.10008.1.2.4.80.dcm",
-                     "1.2.840.10008.1.2.4.90.dcm", "1.2.840.10008.1.2.4.91.dcm", "1.2.840.10008.1.2.5.dcm",
-                     "1.2.840.10008.1.2.2.dcm", "1.2.840.10008.1.2.1.99.dcm", "Monochrome1-Jpeg.dcm"):
+    for expected in ("1.2.840.10008.1.2.4.50.dcm", "1.2.840.10008.1.2.4.51.dcm", "1.2.840.10008.1.2.4.70.dcm",
+                     "1.2.840.10008.1.2.4.80.dcm", "1.2.840.10008.1.2.4.90.dcm", "1.2.840.10008.1.2.4.91.dcm",
+                     "1.2.840.10008.1.2.5.dcm", "1.2.840.10008.1.2.2.dcm", "1.2.840.10008.1.2.1.99.dcm",
+                     "Monochrome1-Jpeg.dcm"):
         assert expected in predicted, f"{expected} not predicted"

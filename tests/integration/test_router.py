@@ -51,7 +51,8 @@ def site(tmp_path_factory, router_models):
     spine = start_destination(tmp_path_factory, "SPINEAI")
     rules = {
         "Rules": [
-            {"Name": "chest-films", "Model": ROUTER, "Classes": ["chest"], "MinProbability": 0.5, "Forward": ["chest-ai"]},
+            {"Name": "chest-films", "Model": ROUTER, "Classes": ["chest"], "MinProbability": 0.5,
+             "Forward": ["chest-ai"]},
             {"Name": "spine-films", "Model": ROUTER, "Classes": ["spine"], "Forward": ["spine-ai"]},
         ],
         "MaxAttempts": 30, "RetryDelaySeconds": 0.3, "MaxRetryDelaySeconds": 1.0,
@@ -133,7 +134,8 @@ def test_destination_down_during_a_burst_gets_everything_exactly_once(site):
     main.wait_until(lambda: main.status()["routing"]["inFlight"] == 0, 60, "no send in flight")
     arrived = set(chest.get("/instances")) - before
     assert arrived == set(burst)
-    sends = [e for e in main.get("/ai/routing?limit=10000")["entries"] if e["instance"] in burst and e["outcome"] == "sent"]
+    sends = [e for e in main.get("/ai/routing?limit=10000")["entries"]
+             if e["instance"] in burst and e["outcome"] == "sent"]
     assert sorted(e["instance"] for e in sends) == sorted(burst)  # one successful send each
     assert max(e["attempts"] for e in sends) > 1
     print(f"\n20 instances sent while the destination was down: {retries_while_down} retries before it came back; "

@@ -90,7 +90,8 @@ def test_real_radiographs_are_routed_by_the_shipped_model(tmp_path_factory, tmp_
         assert uids(chest) == want_chest and uids(spine) == want_spine  # nothing else arrived
         for server in (chest, spine):
             for instance_id in server.get("/instances"):  # destinations receive the tagged instance
-                results = read_results(read(server.get_bytes(f"/instances/{instance_id}/file")), DEFAULT_PRIVATE_CREATOR)
+                results = read_results(read(server.get_bytes(f"/instances/{instance_id}/file")),
+                                       DEFAULT_PRIVATE_CREATOR)
                 assert card.name in {r.model for r in results}
 
         # Routing accuracy through Orthanc, from the router's tags, equals the offline accuracy.
@@ -107,7 +108,8 @@ def test_real_radiographs_are_routed_by_the_shipped_model(tmp_path_factory, tmp_
                 continue
             correct_orthanc += results[card.name].top_class == truth[tags["SOPInstanceUID"]]
         print(f"\n{len(chosen)} radiographs: routing accuracy through Orthanc {correct_orthanc / len(chosen):.3f}, "
-              f"offline {correct_offline / len(chosen):.3f}; {len(want_chest)} to chest-ai, {len(want_spine)} to spine-ai")
+              f"offline {correct_offline / len(chosen):.3f}; {len(want_chest)} to chest-ai, {len(want_spine)} to "
+              "spine-ai")
         assert correct_orthanc == correct_offline
     finally:
         stop_all(servers)

@@ -23,13 +23,15 @@ from tests.support.dicom_files import DATA, secondary_capture
 from tests.support.orthanc_process import PROJECT
 
 MODELS_DIR = PROJECT / "models"
-SHIPPED = sorted(p.name for p in MODELS_DIR.glob("*") if (p / "test_split.json").is_file() and (p / "model.onnx").is_file())
+SHIPPED = sorted(p.name for p in MODELS_DIR.glob("*")
+                 if (p / "test_split.json").is_file() and (p / "model.onnx").is_file())
 MAX_IMAGES = int(os.environ.get("ORTHANC_AI_E2E_MAX_IMAGES", "120"))
 
 
 def load_pixels(path: Path) -> np.ndarray:
     from PIL import Image
 
+    image: Image.Image
     with Image.open(path) as image:
         if image.mode not in ("L", "RGB"):
             image = image.convert("RGB") if len(image.getbands()) > 1 or image.mode == "P" else image.convert("L")
@@ -78,10 +80,10 @@ def test_orthanc_path_equals_offline_evaluation(name: str, start_orthanc, capsys
         assert prediction["model"] == name and prediction["version"] == card.version
         from_tags.append(prediction["topClass"])
 
-    accuracy_orthanc = float(np.mean([p == t for p, t in zip(from_tags, labels)]))
-    accuracy_offline = float(np.mean([p == t for p, t in zip(offline, labels)]))
+    accuracy_orthanc = float(np.mean([p == t for p, t in zip(from_tags, labels, strict=True)]))
+    accuracy_offline = float(np.mean([p == t for p, t in zip(offline, labels, strict=True)]))
     with capsys.disabled():
         print(f"\n{name}: {len(files)} test images through Orthanc: accuracy {accuracy_orthanc:.4f}; "
               f"offline {accuracy_offline:.4f}; per-image agreement "
-              f"{sum(a == b for a, b in zip(from_tags, offline))}/{len(files)}")
+              f"{sum(a == b for a, b in zip(from_tags, offline, strict=True))}/{len(files)}")
     assert from_tags == offline

@@ -57,7 +57,8 @@ def test_300_instances_alternately_to_two_nodes(postgres, test_models, tmp_path_
             assert len(node.get("/instances")) == INSTANCES
         for instance_id in nodes[0].get("/instances"):
             dicom = nodes[1].get_bytes(f"/instances/{instance_id}/file")
-            assert sorted(r.model for r in read_results(read(dicom), DEFAULT_PRIVATE_CREATOR)) == ["test-any", "test-ct"]
+            tagged = read_results(read(dicom), DEFAULT_PRIVATE_CREATOR)
+            assert sorted(r.model for r in tagged) == ["test-any", "test-ct"]
             assert json.loads(nodes[0].get_bytes(f"/instances/{instance_id}/metadata/AIStatus"))["state"] == "predicted"
     finally:
         stop_all(nodes)
@@ -90,7 +91,8 @@ def test_node_killed_with_a_backlog_catches_up_on_restart(postgres, test_models,
         assert len(nodes[0].get("/instances")) == 200
         for instance_id in nodes[0].get("/instances"):
             dicom = nodes[0].get_bytes(f"/instances/{instance_id}/file")
-            assert sorted(r.model for r in read_results(read(dicom), DEFAULT_PRIVATE_CREATOR)) == ["test-any", "test-ct"]
+            tagged = read_results(read(dicom), DEFAULT_PRIVATE_CREATOR)
+            assert sorted(r.model for r in tagged) == ["test-any", "test-ct"]
         # node-1's replay also meets node-0's not yet finished instances: the claims keep it from doing them twice.
         print(f"\nnode-1 lost a backlog of {backlog}; after its restart it queued "
               f"{nodes[1].status()['recoveredAtStartup']} (claimed elsewhere: {nodes[1].status()['claimedElsewhere']})")

@@ -4,13 +4,12 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 PROJECT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("ORTHANC_AI_DATA", PROJECT.parent / "shared" / "data"))
@@ -27,8 +26,8 @@ def shared_data(relative: str) -> Path:
     return path
 
 
-def synthetic_ct(seed: int = 0, rows: int = 64, columns: int = 64, study_uid: Optional[str] = None,
-                 series_uid: Optional[str] = None, instance_number: int = 1) -> bytes:
+def synthetic_ct(seed: int = 0, rows: int = 64, columns: int = 64, study_uid: str | None = None,
+                 series_uid: str | None = None, instance_number: int = 1) -> bytes:
     """A small, valid CT Image Storage instance in Hounsfield units (signed 16-bit, intercept -1024)."""
     rng = np.random.default_rng(seed)
     stored = (rng.normal(1024 - 600, 300, (rows, columns))).clip(0, 4095).astype(np.int16)
@@ -42,8 +41,8 @@ def synthetic_ct(seed: int = 0, rows: int = 64, columns: int = 64, study_uid: Op
     return to_bytes(ds)
 
 
-def secondary_capture(pixels: np.ndarray, modality: str = "OT", study_uid: Optional[str] = None,
-                      series_uid: Optional[str] = None, instance_number: int = 1) -> bytes:
+def secondary_capture(pixels: np.ndarray, modality: str = "OT", study_uid: str | None = None,
+                      series_uid: str | None = None, instance_number: int = 1) -> bytes:
     """An 8-bit Secondary Capture of a grey (H, W) or RGB (H, W, 3) uint8 image."""
     ds = _base(SECONDARY_CAPTURE, modality, study_uid, series_uid, instance_number)
     ds.Rows, ds.Columns = pixels.shape[:2]
@@ -57,10 +56,10 @@ def secondary_capture(pixels: np.ndarray, modality: str = "OT", study_uid: Optio
     return to_bytes(ds)
 
 
-def _base(sop_class: str, modality: str, study_uid: Optional[str], series_uid: Optional[str], number: int) -> Dataset:
+def _base(sop_class: str, modality: str, study_uid: str | None, series_uid: str | None, number: int) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -6,8 +6,9 @@ so its probabilities depend on the image and can be recomputed in the test.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import onnx
@@ -25,13 +26,13 @@ def build_model(
     folder: Path,
     name: str,
     classes: list[str],
-    applies_to: dict[str, list[Optional[str]]],
+    applies_to: Mapping[str, Sequence[str | None]],
     *,
     seed: int = 0,
     version: str = "1.0.0",
-    ct_window: Optional[dict[str, float]] = None,
-    brightness_weights: Optional[list[tuple[float, float]]] = None,
-    routed_by: Optional[dict[str, Any]] = None,
+    ct_window: Mapping[str, float] | None = None,
+    brightness_weights: list[tuple[float, float]] | None = None,
+    routed_by: dict[str, Any] | None = None,
 ) -> Path:
     """Write models/<name>/model.onnx and model.json into ``folder``; returns the model folder.
 
@@ -44,7 +45,8 @@ def build_model(
         bias = np.array([b for _, b in brightness_weights], dtype=np.float32)
     graph = helper.make_graph(
         nodes=[
-            helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[SIZE // 4, SIZE // 4], strides=[SIZE // 4, SIZE // 4]),
+            helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[SIZE // 4, SIZE // 4],
+                             strides=[SIZE // 4, SIZE // 4]),
             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
             helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
         ],

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 
 from orthanc_ai.preprocessing import (
-    PixelAttributes, Preprocessing, apply_window, frame_to_unit_grey, grey_from_8bit, pad_to_square,
-    resize_antialiased, unit_grey_to_tensor,
+    PixelAttributes,
+    Preprocessing,
+    apply_window,
+    frame_to_unit_grey,
+    grey_from_8bit,
+    pad_to_square,
+    resize_antialiased,
+    unit_grey_to_tensor,
 )
 
 SPEC = Preprocessing(height=32, width=32, ct_window=(-600, 1500))
@@ -78,7 +84,8 @@ def test_resize_is_antialiased_and_preserves_mean():
 
 
 def test_tensor_shape_and_normalisation():
-    tensor = unit_grey_to_tensor(np.full((40, 20), 0.5, dtype=np.float32), Preprocessing(height=16, width=16, channels=3))
+    tensor = unit_grey_to_tensor(np.full((40, 20), 0.5, dtype=np.float32),
+                                 Preprocessing(height=16, width=16, channels=3))
     assert tensor.shape == (1, 3, 16, 16) and tensor.dtype == np.float32
     assert tensor[0, 0, 8, 8] == pytest.approx(0.0)  # (0.5 - 0.5) / 0.25
     assert tensor[0, 0, 8, 0] == pytest.approx(-2.0)  # padding is black

@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from orthanc_ai.private_tags import (
-    MAX_MODEL_SLOTS, ModelResult, PrivateBlockFull, as_lo_text, format_ds, markdown_dictionary,
-    orthanc_dictionary, read_results, write_results,
+    MAX_MODEL_SLOTS,
+    ModelResult,
+    PrivateBlockFull,
+    as_lo_text,
+    format_ds,
+    markdown_dictionary,
+    orthanc_dictionary,
+    read_results,
+    write_results,
 )
 from orthanc_ai.tagging import add_results
 from tests.support.dicom_files import read, synthetic_ct
@@ -20,7 +27,7 @@ CREATOR = "ORTHANC AI RESULTS 1"
 
 def result(model: str = "lung", probabilities=(0.2, 0.7, 0.1), **extra) -> ModelResult:
     return ModelResult(model=model, version="1.0.0", dataset="IQ-OTH/NCCD",
-                       predicted_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+                       predicted_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
                        classes=("Benign", "Malignant", "Normal"), probabilities=probabilities, **extra)
 
 

@@ -1,7 +1,8 @@
-"""Routing rules and the forwarder's retry logic, without Orthanc (the real path is tests/integration/test_router.py)."""
+"""Routing rules and the forwarder's retry logic, without Orthanc (the real path is
+tests/integration/test_router.py)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -18,7 +19,7 @@ RULES = {"Rules": [
 
 def result(model: str, top: str, p: float) -> ModelResult:
     classes = (top, "rest")
-    return ModelResult(model, "1", "d", datetime.now(timezone.utc), classes, (p, 1 - p))
+    return ModelResult(model, "1", "d", datetime.now(UTC), classes, (p, 1 - p))
 
 
 def test_rules_fire_on_class_and_threshold():

@@ -38,7 +38,8 @@ def test_png_with_defaults_that_are_visibly_not_a_patient():
 
 def test_kind_comes_from_the_bytes_not_the_name():
     assert parse_upload(body(image_bytes("RGB", "JPEG"), "", fileName="x.png"), MB).kind == "jpeg"
-    assert parse_upload(body(synthetic_ct(), "data:application/octet-stream;base64,", fileName="x.png"), MB).kind == "dicom"
+    dicom_body = body(synthetic_ct(), "data:application/octet-stream;base64,", fileName="x.png")
+    assert parse_upload(dicom_body, MB).kind == "dicom"
     with pytest.raises(UploadError, match="not a DICOM, PNG or JPEG"):
         parse_upload(body(b"GIF89a" + b"\0" * 200), MB)
 
