@@ -27,6 +27,9 @@ REQUIRED_USER_METADATA = (METADATA_STATUS, METADATA_PROVENANCE, METADATA_SOURCE_
 GLOBAL_PROPERTY_CHECKPOINT = 4410
 
 
+DELETION_FILTER_CHOICES = ("auto", "always", "never")
+
+
 class ConfigurationError(ValueError):
     """A configuration mistake; the message says which key and what is expected."""
 
@@ -49,6 +52,9 @@ class PluginConfig:
     queue_capacity: int = 100_000
     # The "Routing" section as written; validated by routing.parse_routing once models are loaded.
     routing: Mapping[str, Any] = field(default_factory=dict)
+    # The HTTP filter that fences REST deletions (deletion_fence.py): "auto" installs it where the Python
+    # plugin does not leak memory through HTTP filters (4.1 and later), "always" also on 4.0, "never" nowhere.
+    deletion_filter: str = "auto"
 
 
 # key in orthanc.json → (attribute, expected type)
@@ -65,6 +71,7 @@ _KEYS: dict[str, tuple[str, type]] = {
     "MaxFileMegabytes": ("max_file_megabytes", int),
     "QueueCapacity": ("queue_capacity", int),
     "Routing": ("routing", dict),
+    "DeletionFilter": ("deletion_filter", str),
     # Read by the entry script before this package is importable.
     "VirtualEnv": ("", str),
 }
@@ -115,6 +122,8 @@ def _check_ranges(config: PluginConfig) -> None:
         raise ConfigurationError(f'"{SECTION}.MaxFramePixels" must be at least 4096')
     if config.max_file_megabytes < 1:
         raise ConfigurationError(f'"{SECTION}.MaxFileMegabytes" must be at least 1')
+    if config.deletion_filter not in DELETION_FILTER_CHOICES:
+        raise ConfigurationError(f'"{SECTION}.DeletionFilter" must be one of {", ".join(DELETION_FILTER_CHOICES)}')
     if config.queue_capacity < 1:
         raise ConfigurationError(f'"{SECTION}.QueueCapacity" must be at least 1')
     creator = config.private_creator

@@ -29,6 +29,9 @@ class OrthancApi(Protocol):
     def store_instance(self, dicom: bytes) -> dict[str, Any]:
         """Store a DICOM file (POST /instances); returns Orthanc's answer (ID, Status …)."""
 
+    def instance_exists(self, instance_id: str) -> bool:
+        """Whether Orthanc's index has the instance now (GET /instances/{id})."""
+
     def instance_metadata(self, instance_id: str) -> dict[str, str]:
         """All metadata of an instance, by name (GET /instances/{id}/metadata?expand)."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ import orthanc
 
 from . import labels, rest_api
 from .config import GLOBAL_PROPERTY_CHECKPOINT, METADATA_CLAIM, ConfigurationError, check_orthanc_settings, parse_config
+from .deletion_fence import ANY_RESOURCE
 from .orthanc_api import MetadataConflict, ResourceNotFound
 from .private_tags import EXTRA_DICTIONARY_BLOCKS, orthanc_dictionary
 from .routing import Destination
@@ -47,6 +49,13 @@ class OrthancRestApi:
 
     def store_instance(self, dicom: bytes) -> dict[str, Any]:
         return json.loads(_call(orthanc.RestApiPost, "/instances", dicom))
+
+    def instance_exists(self, instance_id: str) -> bool:
+        try:
+            _call(orthanc.RestApiGet, f"/instances/{instance_id}")
+            return True
+        except ResourceNotFound:
+            return False
 
     def instance_metadata(self, instance_id: str) -> dict[str, str]:
         return json.loads(_call(orthanc.RestApiGet, f"/instances/{instance_id}/metadata?expand"))
@@ -176,6 +185,7 @@ def register() -> None:
 
     _register_private_dictionary(configuration.get("Dictionary", {}), config.private_creator)
     orthanc.RegisterOnChangeCallback(_keep_alive(_on_change))
+    _register_deletion_filter(_service, config.deletion_filter)
     _register_routes()
     orthanc.ExtendOrthancExplorer(_explorer_javascript())
     # Labels for Orthanc Explorer 2 where Orthanc has them (1.12+; checked at the first prediction).
@@ -223,10 +233,53 @@ def _on_change(change_type: int, level: int, resource_id: str) -> None:
         return
     if change_type == orthanc.ChangeType.NEW_INSTANCE:
         service.queue.on_new_instance(resource_id, enqueue=service.config.auto_predict)
+    elif change_type == orthanc.ChangeType.DELETED:
+        service.pipeline.fence.on_deleted(resource_id)
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
         service.start()
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
         service.stop()
+
+
+_RESOURCE_URI = re.compile(rf"^/(?:patients|studies|series|instances)/{ORTHANC_ID}/?$")
+
+
+def _register_deletion_filter(service: PluginService, setting: str) -> None:
+    """Tell the fence of every deletion request before Orthanc runs it (deletion_fence.py).
+
+    Plugin 4.0 leaks what it hands to an HTTP filter, about 0.7 kB per HTTP request (measured, README):
+    there "auto" leaves the filter out and the fence relies on Deleted changes. 4.1 fixed the leak and
+    added RegisterStorageCommitmentScpCallback, by which it is recognised.
+    """
+    fence = service.pipeline.fence
+    leaks = not hasattr(orthanc, "RegisterStorageCommitmentScpCallback")
+    if setting == "never" or (setting == "auto" and leaks):
+        log.warning("No deletion filter (DeletionFilter %s%s): an image deleted within milliseconds of its "
+                    "store-back can come back (README, \"Deleted images stay deleted\")",
+                    setting, ", Python plugin 4.0" if leaks else "")
+        return
+    if leaks:
+        log.warning("Deletion filter on Python plugin 4.0 (DeletionFilter always): it leaks about 0.7 kB "
+                    "per HTTP request until Orthanc restarts")
+
+    def on_http_request(uri: str, **request: Any) -> bool:
+        try:
+            method = request.get("method")
+            target = None
+            if method in (orthanc.HttpMethod.DELETE, "DELETE"):
+                match = _RESOURCE_URI.match(uri)
+                target = match.group(1) if match else None
+            elif method in (orthanc.HttpMethod.POST, "POST") and uri.rstrip("/") == "/tools/bulk-delete":
+                target = ANY_RESOURCE
+            if target is not None:
+                service.status.record_deletion_request(queued=service.queue.length > 0)
+                fence.on_deletion_request(target)
+        except Exception:  # a filter that raises would refuse the request: never let that happen
+            log.exception("Deletion filter failed on %s", uri)
+        return True
+
+    orthanc.RegisterIncomingHttpRequestFilter(_keep_alive(on_http_request))
+    fence.filter_installed = True
 
 
 CallbackT = TypeVar("CallbackT", bound=Callable[..., Any])

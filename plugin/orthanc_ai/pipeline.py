@@ -20,6 +20,7 @@ import numpy as np
 from . import __version__
 from .config import METADATA_CLAIM, METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
 from .decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, read_header
+from .deletion_fence import PENDING_SECONDS, DeletedMeanwhile, DeletionFence, OrthancIds, orthanc_ids
 from .inference import LoadedModel
 from .instance_guards import EchoGuard, InstanceLocks
 from .orthanc_api import MetadataConflict, OrthancApi, ResourceNotFound
@@ -38,6 +39,9 @@ ORTHANC_METADATA = set(PROVENANCE_KEYS) | {
     "IndexInSeries", "LastUpdate", "ModifiedFrom", "AnonymizedFrom", "SopClassUid", "PixelDataOffset",
     "PixelDataVR", "MainDicomTagsSignature", "InstanceAvailability",
 }
+# An instance whose store-back a deletion refused is tried again from the start (read, predict,
+# store) after this pause: by then the deletion has usually run, and the read finds it gone.
+RETRY_AFTER_DELETION_SECONDS = 0.25
 
 
 class PredictionPipeline:
@@ -57,6 +61,7 @@ class PredictionPipeline:
         self.status = status
         self.echoes = echoes
         self.locks = InstanceLocks()
+        self.fence = DeletionFence()
         # Called after each successful prediction, once the tags are stored: the router
         # (forwarding the tagged instance) and the study labels of Orthanc ≥ 1.12. What a hook returns is ignored.
         self.after_prediction: list[Callable[[Outcome], object]] = []
@@ -80,7 +85,7 @@ class PredictionPipeline:
                 if holder != self.node:
                     outcome = Outcome(instance_id, "elsewhere", reason=f"claimed by node {holder}")
                 else:
-                    outcome = self._predict(instance_id, chosen, force)
+                    outcome = self._predict_unless_deleted(instance_id, chosen, force)
             except InstanceSkipped as skip:
                 outcome = Outcome(instance_id, "skipped", reason=str(skip))
             except ResourceNotFound:
@@ -90,15 +95,31 @@ class PredictionPipeline:
                 outcome = Outcome(instance_id, "failed", reason=f"{error.__class__.__name__}: {error}")
             outcome.seconds = time.monotonic() - started
             self._record(outcome)
+            self.status.set_stage(instance_id, None)
         return outcome
 
-    def _predict(self, instance_id: str, chosen: list[LoadedModel] | None, force: bool) -> Outcome:
+    def _predict_unless_deleted(self, instance_id: str, chosen: list[LoadedModel] | None, force: bool) -> Outcome:
+        """``_predict``, started again while a deletion keeps refusing its store-back (see deletion_fence)."""
+        deadline = time.monotonic() + PENDING_SECONDS + 5
+        while True:
+            try:
+                return self._predict(instance_id, chosen, force, self.fence.ticket())
+            except DeletedMeanwhile as deletion:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"deletions kept refusing the store-back: {deletion}") from None
+                log.info("Instance %s not stored back: %s; reading it again", instance_id, deletion)
+                self.status.set_stage(instance_id, "waiting for a deletion")
+                time.sleep(RETRY_AFTER_DELETION_SECONDS)
+
+    def _predict(self, instance_id: str, chosen: list[LoadedModel] | None, force: bool, ticket: float) -> Outcome:
+        self.status.set_stage(instance_id, "reading")
         original = self.api.instance_file(instance_id)
         if len(original) > self.config.max_file_megabytes * 1024 * 1024:
             raise InstanceSkipped(f"file too large: {len(original)} bytes exceeds MaxFileMegabytes")
         instance = read_header(original, self.config.max_frame_pixels)
         existing = read_results(instance.dataset, self.config.private_creator)
         run = _ModelRun(self, instance_id, original, instance)
+        self.status.set_stage(instance_id, "predicting")
 
         if chosen is not None:
             results = run.models(chosen if force else _not_done(chosen, existing))
@@ -117,7 +138,8 @@ class PredictionPipeline:
             return Outcome(instance_id, "unchanged", results=existing)
 
         tagged = add_results(original, self.config.private_creator, SOFTWARE, results)
-        self._store_back(instance_id, tagged, run.metadata, run.provenance)
+        self.status.set_stage(instance_id, "storing")
+        self._store_back(instance_id, tagged, run.metadata, run.provenance, ticket, _ids_of(instance, instance_id))
         replaced = {r.model for r in results}
         return Outcome(instance_id, "predicted", results=[r for r in existing if r.model not in replaced] + results)
 
@@ -133,13 +155,20 @@ class PredictionPipeline:
         provenance["ReceivedSize"] = size
         return provenance
 
-    def _store_back(self, instance_id: str, tagged: bytes, metadata: dict[str, str], provenance: dict) -> None:
-        self.echoes.expect(instance_id)
-        try:
-            answer = self.api.store_instance(tagged)
-        except Exception:
-            self.echoes.cancel(instance_id)
-            raise
+    def _store_back(self, instance_id: str, tagged: bytes, metadata: dict[str, str], provenance: dict,
+                    ticket: float, ids: OrthancIds | None) -> None:
+        """Replace the stored file by the tagged copy, unless the instance was deleted since ``ticket``."""
+        with self.fence.store_back(ticket, ids, instance_id):
+            # Deleted changes arrive late; the index knows now. The fence covers the rest (its docstring).
+            if not self.api.instance_exists(instance_id):
+                raise ResourceNotFound(instance_id)
+            self.echoes.expect(instance_id)
+            try:
+                answer = self.api.store_instance(tagged)
+            except Exception:
+                self.echoes.cancel(instance_id)
+                raise
+        self.status.set_stage(instance_id, "recording")
         if answer.get("Status") == "AlreadyStored":
             self.echoes.cancel(instance_id)
             raise RuntimeError("Orthanc kept the untagged instance: set \"OverwriteInstances\": true")
@@ -213,6 +242,15 @@ class _ModelRun:
             )
             for model in models
         ]
+
+
+def _ids_of(instance: InstanceHeader, instance_id: str) -> OrthancIds | None:
+    """Orthanc's ids of the instance and its parents, or None where Orthanc derived its id otherwise."""
+    ids = orthanc_ids(instance.dataset)
+    if ids.instance != instance_id:
+        log.debug("Instance %s: ids derived from its file differ (%s); any deletion fences it", instance_id, ids)
+        return None
+    return ids
 
 
 def _not_done(models: Sequence[LoadedModel], existing: Sequence[ModelResult]) -> list[LoadedModel]:

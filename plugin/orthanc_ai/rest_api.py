@@ -45,6 +45,11 @@ def plugin_status(service: PluginService) -> Response:
             "inProgress": service.queue.in_progress,
             "recoveredAtStartup": service.recovery.recovered,
             "routing": service.forwarder.status(),
+            "deletions": {
+                "httpFilter": service.pipeline.fence.filter_installed,
+                "requestsByStage": body.pop("deletionRequestsByStage"),
+                "storeBacksRefused": service.pipeline.fence.refused,
+            },
             "autoPredict": service.config.auto_predict,
             "workers": service.config.workers,
             "models": sorted(service.registry.models),

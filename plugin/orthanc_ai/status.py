@@ -39,8 +39,18 @@ class PluginStatus:
         self._skip_reasons: Counter[str] = Counter()
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._recent_problems: deque[dict[str, str]] = deque(maxlen=RECENT_PROBLEMS)
+        self._stages: dict[str, str] = {}  # instance id → what the pipeline is doing with it
+        self._deletion_requests: Counter[str] = Counter()  # by the stages they found the pipeline at
         self.echoes_ignored = 0
         self.dropped = 0
+
+    def set_stage(self, instance_id: str, stage: str | None) -> None:
+        """The pipeline's progress on one instance (None: done), counted per stage in the snapshot."""
+        with self._lock:
+            if stage is None:
+                self._stages.pop(instance_id, None)
+            else:
+                self._stages[instance_id] = stage
 
     def record(self, outcome: Outcome) -> None:
         with self._lock:
@@ -52,6 +62,12 @@ class PluginStatus:
                 self._recent_problems.append(
                     {"instance": outcome.instance_id, "state": outcome.state, "reason": outcome.reason or ""}
                 )
+
+    def record_deletion_request(self, queued: bool) -> None:
+        """A deletion request arrived (deletion filter): count it under each stage instances are at."""
+        with self._lock:
+            stages = set(self._stages.values()) | ({"queued"} if queued else set())
+            self._deletion_requests.update(stages or {"idle"})
 
     def record_echo(self) -> None:
         with self._lock:
@@ -74,6 +90,8 @@ class PluginStatus:
                 "echoesIgnored": self.echoes_ignored,
                 "droppedQueueFull": self.dropped,
                 "reasons": dict(self._skip_reasons),
+                "stages": dict(Counter(self._stages.values())),
+                "deletionRequestsByStage": dict(self._deletion_requests),
                 "recentProblems": list(self._recent_problems),
                 "latencySeconds": {
                     "count": len(latencies),

@@ -99,7 +99,8 @@ def main() -> int:
     command = arguments.command or DEFAULT_COMMAND
     mirror = os.environ.get("ORTHANC_AI_COMPAT_MIRROR") or host_mirror()
     packages = BUILD_TOOLS + makefile_packages()
-    _say(f"host: {host or 'unknown'}; generations: {', '.join(g.suite for g in chosen)}; mirror: {mirror}")
+    _say(f"host: {host or 'unknown'} ({generation_versions(None)}, tested by make test)")
+    _say(f"generations: {', '.join(g.suite for g in chosen)}; mirror: {mirror}")
     _say(f"packages: {' '.join(packages)}")
     _say(f"command: {shlex.join(command)}")
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # so that finally blocks unmount
@@ -364,9 +365,11 @@ def install_host_certificates(root: Path) -> None:
                    env=CLEAN_ENVIRONMENT)
 
 
-def generation_versions(root: Path) -> str:
+def generation_versions(root: Path | None) -> str:
+    """Orthanc, Python plugin and Python versions installed in ``root`` (None: on the host)."""
     def inside(script: str) -> str:
-        return subprocess.run(["chroot", str(root), "/bin/sh", "-c", script], capture_output=True, text=True,
+        chroot = ["chroot", str(root)] if root is not None else []
+        return subprocess.run([*chroot, "/bin/sh", "-c", script], capture_output=True, text=True,
                               env=CLEAN_ENVIRONMENT).stdout.strip()
 
     orthanc = inside("dpkg-query -W -f '${Version}' orthanc")
@@ -376,7 +379,8 @@ def generation_versions(root: Path) -> str:
 
 
 def _is_pytest_summary(line: str) -> bool:
-    return bool(re.match(r"^=+ .*\b(passed|failed|error|errors|no tests ran)\b.* in [\d.]+s", line))
+    """pytest's closing line, with or without its ``=`` rule (``-q``)."""
+    return bool(re.match(r"^=*\s*(\d+ \w+(, )?)+.* in [\d.]+s", line)) or "no tests ran" in line
 
 
 def _worth_echoing(line: str) -> bool:

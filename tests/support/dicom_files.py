@@ -27,11 +27,11 @@ def shared_data(relative: str) -> Path:
 
 
 def synthetic_ct(seed: int = 0, rows: int = 64, columns: int = 64, study_uid: str | None = None,
-                 series_uid: str | None = None, instance_number: int = 1) -> bytes:
+                 series_uid: str | None = None, instance_number: int = 1, patient_id: str = "AI-TEST-1") -> bytes:
     """A small, valid CT Image Storage instance in Hounsfield units (signed 16-bit, intercept -1024)."""
     rng = np.random.default_rng(seed)
     stored = (rng.normal(1024 - 600, 300, (rows, columns))).clip(0, 4095).astype(np.int16)
-    ds = _base(CT_IMAGE_STORAGE, "CT", study_uid, series_uid, instance_number)
+    ds = _base(CT_IMAGE_STORAGE, "CT", study_uid, series_uid, instance_number, patient_id)
     ds.Rows, ds.Columns = rows, columns
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 1
@@ -56,7 +56,8 @@ def secondary_capture(pixels: np.ndarray, modality: str = "OT", study_uid: str |
     return to_bytes(ds)
 
 
-def _base(sop_class: str, modality: str, study_uid: str | None, series_uid: str | None, number: int) -> Dataset:
+def _base(sop_class: str, modality: str, study_uid: str | None, series_uid: str | None, number: int,
+          patient_id: str = "AI-TEST-1") -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
@@ -64,7 +65,7 @@ def _base(sop_class: str, modality: str, study_uid: str | None, series_uid: str 
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = sop_class
-    ds.PatientName, ds.PatientID = "TEST^AI", "AI-TEST-1"
+    ds.PatientName, ds.PatientID = "TEST^AI", patient_id
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.StudyDate, ds.StudyTime = "20260101", "120000"

@@ -11,6 +11,7 @@ from orthanc_ai.config import ConfigurationError, check_orthanc_settings, parse_
 def test_defaults_when_section_is_absent():
     config = parse_config({}, Path("/etc/orthanc"))
     assert config.auto_predict is True and config.workers == 2
+    assert config.deletion_filter == "auto"
     assert config.models_directory.name == "models" and config.enabled_models is None
 
 
@@ -30,6 +31,7 @@ def test_relative_models_directory_is_taken_from_the_configuration_folder():
     ({"PrivateCreator": "x" * 65}, "1–64"),
     ({"AppliesTo": {"m": {"Modality": "CT"}}}, "lists of accepted values"),
     ({"MaxFramePixels": 10}, "at least 4096"),
+    ({"DeletionFilter": "yes"}, "\"OrthancAI.DeletionFilter\" must be one of auto, always, never"),
 ])
 def test_bad_values_name_the_key(section, message):
     with pytest.raises(ConfigurationError) as error:

@@ -40,6 +40,9 @@ class MemoryOrthanc:
         self.metadata[instance_id] = {"Origin": "Plugins"}  # as Orthanc: an overwrite resets metadata
         return {"ID": instance_id, "Status": "Success"}
 
+    def instance_exists(self, instance_id):
+        return instance_id in self.files
+
     def instance_metadata(self, instance_id):
         return dict(self.metadata[instance_id])
 
