@@ -80,6 +80,7 @@ class PredictionPipeline:
         chosen = self.registry.get(models) if models is not None else None
         started = time.monotonic()
         with self.locks.hold(instance_id):
+            self.status.set_stage(instance_id, "reading")
             try:
                 holder = self.api.claim_instance(instance_id, self.node) if claim else self.node
                 if holder != self.node:
