@@ -31,8 +31,8 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -86,14 +86,16 @@ class DeletedMeanwhile(Exception):
 
 
 class DeletionFence:
-    def __init__(self, pending_seconds: float = PENDING_SECONDS, clock=time.monotonic) -> None:
+    def __init__(self, pending_seconds: float = PENDING_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self._condition = threading.Condition()
         self._clock = clock
         self._pending_seconds = pending_seconds
         self._pending: dict[str, list[float]] = {}  # target id → times its deletions were requested
         self._deleted: deque[tuple[float, str]] = deque()  # (time, id) of requests and Deleted changes
         self._last_deleted_change = 0.0
-        self._own_overwrites: Counter[str] = Counter()  # Deleted changes our own overwrites will cause
+        # instance id → when each of our overwrites of it was stored: each causes one Deleted change of the
+        # old copy, which is not a deletion (forgotten after REMEMBERED_SECONDS, should it never come).
+        self._own_overwrites: dict[str, list[float]] = {}
         self._stores_under_way: set[int] = set()
         self._next_store = 0
         self.filter_installed = False
@@ -105,7 +107,7 @@ class DeletionFence:
         with self._condition:
             now = self._clock()
             self._pending.setdefault(target, []).append(now)
-            self._remember(now, target)
+            self._deleted.append((now, target))
             before = set(self._stores_under_way)
             deadline = now + STORE_WAIT_SECONDS
             # Store-backs that started before this request finish first; new ones see the mark.
@@ -115,15 +117,12 @@ class DeletionFence:
     def on_deleted(self, resource_id: str) -> None:
         """Orthanc signalled ``resource_id`` as deleted (its change thread)."""
         with self._condition:
-            if self._own_overwrites[resource_id] > 0:
-                # The Deleted change of the old copy our own overwrite replaced, not a deletion.
-                self._own_overwrites[resource_id] -= 1
-                if not self._own_overwrites[resource_id]:
-                    del self._own_overwrites[resource_id]
-                return
+            self._expire()
+            if self._forget_own_overwrite(resource_id):
+                return  # the Deleted change of the old copy our own overwrite replaced, not a deletion
             self._pending.pop(resource_id, None)
             self._last_deleted_change = self._clock()
-            self._remember(self._last_deleted_change, resource_id)
+            self._deleted.append((self._last_deleted_change, resource_id))
 
     # --- the pipeline's side ---------------------------------------------------------------------
     def ticket(self) -> float:
@@ -146,7 +145,7 @@ class DeletionFence:
             store = self._next_store
             self._next_store += 1
             self._stores_under_way.add(store)
-            self._own_overwrites[instance_id] += 1
+            self._own_overwrites.setdefault(instance_id, []).append(self._clock())
         stored = False
         try:
             yield
@@ -155,9 +154,7 @@ class DeletionFence:
             with self._condition:
                 self._stores_under_way.discard(store)
                 if not stored:  # no overwrite happened, so no Deleted change of ours will come
-                    self._own_overwrites[instance_id] -= 1
-                    if not self._own_overwrites[instance_id]:
-                        del self._own_overwrites[instance_id]
+                    self._forget_own_overwrite(instance_id)
                 self._condition.notify_all()
 
     def _deletion_since(self, ticket: float, concerned: set[str] | None, instance_id: str) -> str | None:
@@ -171,13 +168,24 @@ class DeletionFence:
                 return f"{resource} was deleted after the instance was read"
         return None
 
-    def _remember(self, now: float, resource: str) -> None:
-        self._deleted.append((now, resource))
+    def _forget_own_overwrite(self, instance_id: str) -> bool:
+        """Drop one expected Deleted change of our own overwrite of the instance; whether there was one."""
+        expected = self._own_overwrites.get(instance_id)
+        if not expected:
+            return False
+        expected.pop(0)
+        if not expected:
+            del self._own_overwrites[instance_id]
+        return True
 
     def _expire(self) -> None:
         now = self._clock()
         while self._deleted and self._deleted[0][0] < now - REMEMBERED_SECONDS:
             self._deleted.popleft()
+        for instance_id, times in list(self._own_overwrites.items()):
+            times[:] = [t for t in times if t >= now - REMEMBERED_SECONDS]
+            if not times:
+                del self._own_overwrites[instance_id]
         for target, times in list(self._pending.items()):
             if target == ANY_RESOURCE:
                 quiet_since = max(times[-1], self._last_deleted_change)

@@ -169,10 +169,10 @@ class PredictionPipeline:
             except Exception:
                 self.echoes.cancel(instance_id)
                 raise
+            if answer.get("Status") == "AlreadyStored":  # nothing overwritten: raised inside the fence
+                self.echoes.cancel(instance_id)
+                raise RuntimeError("Orthanc kept the untagged instance: set \"OverwriteInstances\": true")
         self.status.set_stage(instance_id, "recording")
-        if answer.get("Status") == "AlreadyStored":
-            self.echoes.cancel(instance_id)
-            raise RuntimeError("Orthanc kept the untagged instance: set \"OverwriteInstances\": true")
         if answer.get("ID") != instance_id:
             # Same bytes but for our block, so same UIDs: this would be an Orthanc bug.
             raise RuntimeError(f"tagged instance was stored as {answer.get('ID')}, not {instance_id}")

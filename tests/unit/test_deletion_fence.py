@@ -157,3 +157,12 @@ def test_the_deletion_request_waits_for_the_store_back_under_way():
     worker.join(5)
     deleter.join(5)
     assert events == ["stored", "deleting"]  # ... so it deletes the stored copy, never the other way round
+
+
+def test_an_own_overwrite_whose_deleted_change_never_came_is_forgotten(fence, clock):
+    assert store(fence, fence.ticket())  # its Deleted change never comes (say, the instance was recreated)
+    clock.tick(601)
+    ticket = fence.ticket()
+    clock.tick()
+    fence.on_deleted("instance-a")  # so this one is a real deletion, not taken for ours
+    assert not store(fence, ticket)
