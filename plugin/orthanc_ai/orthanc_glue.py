@@ -45,7 +45,13 @@ class OrthancRestApi:
     """``OrthancApi`` through Orthanc's internal REST API (no HTTP, no credentials needed)."""
 
     def instance_file(self, instance_id: str) -> bytes:
-        return _call(orthanc.RestApiGet, f"/instances/{instance_id}/file")
+        try:
+            return _call(orthanc.RestApiGet, f"/instances/{instance_id}/file")
+        except orthanc.OrthancException:
+            # Deleted while being read: the index still had the instance, its file was already gone.
+            if not self.instance_exists(instance_id):
+                raise ResourceNotFound(instance_id) from None
+            raise
 
     def store_instance(self, dicom: bytes) -> dict[str, Any]:
         return json.loads(_call(orthanc.RestApiPost, "/instances", dicom))
