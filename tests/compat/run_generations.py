@@ -4,9 +4,10 @@ Each generation is a Debian release whose packages users run: Debian 12 (Orthanc
 Debian 13 (1.12.7, 5.0) and Debian unstable (1.13.0, 7.1, as in the ``orthancteam/orthanc`` image). For every
 generation other than the host's, a root filesystem is built once with ``debootstrap`` from the mirror of the
 host's own apt sources, with the Debian packages the Makefile installs, and cached outside the checkout. Each
-run then copies the checkout and ``../shared`` into that root and runs ``make test`` there in a chroot, with a
-clean environment, the host's CA certificates, and its own /proc, /sys, /dev, /dev/pts and /dev/shm, all
-unmounted on every exit path.
+run mounts an overlay of its own over that root (the cached root itself is never written to, so runs at the
+same time, or one killed half-way, do not disturb each other), copies the checkout and ``../shared`` in and
+runs ``make test`` there in a chroot, with a clean environment, the host's CA certificates, and its own /proc,
+/sys, /dev, /dev/pts and /dev/shm, all unmounted on every exit path.
 
 Usage (as root; ``make test-compat`` is the usual way)::
 
@@ -108,10 +109,14 @@ def main() -> int:
     outcomes = []
     for generation in chosen:
         started = time.monotonic()
-        outcome = Outcome(generation, log=CACHE / f"{generation.suite}.log")
+        # One log per run: runs at the same time must not write into each other's.
+        outcome = Outcome(generation, log=CACHE / "logs" / f"{generation.suite}-{time.strftime('%Y%m%d-%H%M%S')}"
+                                                            f"-{os.getpid()}.log")
         try:
             root = ensure_root(generation, mirror, packages)
-            outcome.versions, outcome.summary, outcome.returncode = run_in_root(generation, root, command, outcome.log)
+            with _shared_lock(_lock_path(generation)), run_overlay(generation, root) as merged:
+                outcome.versions, outcome.summary, outcome.returncode = run_in_root(
+                    generation, merged, command, outcome.log)
         except RootBuildError as error:
             if not generation.may_be_unbuildable:
                 raise
@@ -204,7 +209,8 @@ def ensure_root(generation: Generation, mirror: str, packages: list[str]) -> Pat
     CACHE.mkdir(parents=True, exist_ok=True)
     root = CACHE / generation.suite
     key = root_key(generation, mirror, packages)
-    with _exclusive_lock(CACHE / f"{generation.suite}.lock"):
+    # Exclusive: no run uses the root while it is (re)built; runs hold the lock shared.
+    with _exclusive_lock(_lock_path(generation)):
         marker = root / READY_MARKER
         if marker.is_file() and marker.read_text().strip() == key:
             _say(f"{generation.suite}: reusing {root}")
@@ -253,14 +259,81 @@ def build_root(generation: Generation, root: Path, mirror: str, packages: list[s
             run(["chroot", str(root), "apt-get", "clean"])
 
 
+def _lock_path(generation: Generation) -> Path:
+    return CACHE / f"{generation.suite}.lock"
+
+
 @contextlib.contextmanager
 def _exclusive_lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with _flock(path, fcntl.LOCK_EX):
+        yield
+
+
+@contextlib.contextmanager
+def _shared_lock(path: Path) -> Iterator[None]:
+    with _flock(path, fcntl.LOCK_SH):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: Path, operation: int) -> Iterator[None]:
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"waiting for another run that holds {path}")
+            fcntl.flock(handle, operation)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- one run's own view of a root -----------------------------------------------------------------------
+
+@contextlib.contextmanager
+def run_overlay(generation: Generation, root: Path) -> Iterator[Path]:
+    """An overlay over the cached root, private to this run: what the run writes lands in its own upper layer."""
+    runs = CACHE / "runs"
+    runs.mkdir(exist_ok=True)
+    here = runs / f"{generation.suite}-{os.getpid()}-{time.time_ns()}"
+    # Held while the run lives: a run directory whose lock is free was left by a run that was killed.
+    with _exclusive_lock(here.with_suffix(".lock")):
+        remove_abandoned_runs(runs)
+        upper, work, merged = here / "upper", here / "work", here / "root"
+        for directory in (upper, work, merged):
+            directory.mkdir(parents=True)
+        try:
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                            f"lowerdir={root},upperdir={upper},workdir={work}", str(merged)], check=True)
+            yield merged
+        finally:
+            remove_run_directory(here)
+            here.with_suffix(".lock").unlink(missing_ok=True)
+
+
+def remove_abandoned_runs(runs: Path) -> None:
+    """Overlays left by runs that were killed: nobody holds their lock any more."""
+    for directory in runs.iterdir():
+        if not directory.is_dir():
+            continue
+        lock = directory.with_suffix(".lock")
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a run in progress
+            _say(f"removing {directory}, left by a run that was stopped")
+            remove_run_directory(directory)
+        lock.unlink(missing_ok=True)
+
+
+def remove_run_directory(directory: Path) -> None:
+    unmount_everything_under(directory)
+    if any(directory.resolve() in mount.parents for mount in _mount_points()):
+        _say(f"{directory} still has file systems mounted; leaving it")
+        return
+    shutil.rmtree(directory)
 
 
 # --- mounts ---------------------------------------------------------------------------------------------
@@ -314,6 +387,7 @@ def run_in_root(generation: Generation, root: Path, command: list[str], log_path
         _say(f"{generation.suite}: {versions}")
         _say(f"{generation.suite}: running {shlex.join(command)} (log: {log_path})")
         started = time.monotonic()
+        log_path.parent.mkdir(exist_ok=True)
         with open(log_path, "w") as log:
             process = subprocess.Popen(
                 ["chroot", str(root), "/bin/sh", "-c", f"cd /work/main && exec {shlex.join(command)}"],
