@@ -29,8 +29,9 @@ ENV ORTHANC_AI_HOME=/opt/orthanc-ai \
 # The plugin's dependencies go into the image's own Python, the one the Python plugin embeds
 # (no virtual environment: the entry script then uses the system site-packages). That Python is
 # "externally managed" (PEP 668), hence --break-system-packages, as the image's release notes say.
-COPY requirements.txt ${ORTHANC_AI_HOME}/requirements.txt
-RUN pip3 install --no-cache-dir --break-system-packages -r "${ORTHANC_AI_HOME}/requirements.txt"
+COPY requirements.txt requirements-nodeps.txt ${ORTHANC_AI_HOME}/
+RUN pip3 install --no-cache-dir --break-system-packages -r "${ORTHANC_AI_HOME}/requirements.txt" \
+ && pip3 install --no-cache-dir --break-system-packages --no-deps -r "${ORTHANC_AI_HOME}/requirements-nodeps.txt"
 
 # Only what runs: the plugin and the models (not training/, tests/, bench/; see .dockerignore).
 COPY plugin/ ${ORTHANC_AI_HOME}/plugin/

@@ -8,8 +8,9 @@ VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := orthanc orthanc-python dcmtk python3-venv
 # Only the tests need these: several Orthanc nodes on one PostgreSQL database; Chromium for the
-# Orthanc Explorer tests (Playwright drives /usr/bin/chromium, it downloads no browser).
-DEBIAN_TEST_PACKAGES := orthanc-postgresql postgresql chromium
+# Orthanc Explorer tests (Playwright drives /usr/bin/chromium, it downloads no browser); dicom3tools'
+# dciodvfy, which validates every DICOM object the plugin writes.
+DEBIAN_TEST_PACKAGES := orthanc-postgresql postgresql chromium dicom3tools
 
 .PHONY: run test lint test-compat debian-packages install install-dev system-packages test-system-packages bench train private-dictionary clean-state
 
@@ -42,7 +43,7 @@ install-dev: install test-system-packages $(VENV)/.dev-installed
 
 test-system-packages:
 	@if [ ! -f /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-	    || ! command -v chromium >/dev/null; then \
+	    || ! command -v chromium >/dev/null || ! command -v dciodvfy >/dev/null; then \
 	  echo "Installing Debian packages for the tests: $(DEBIAN_TEST_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TEST_PACKAGES) && \
@@ -63,10 +64,11 @@ system-packages:
 	    $(SUDO) systemctl disable --now orthanc 2>/dev/null || $(SUDO) service orthanc stop 2>/dev/null || true; }; \
 	fi
 
-$(VENV)/.runtime-installed: requirements.txt
+$(VENV)/.runtime-installed: requirements.txt requirements-nodeps.txt
 	[ -x $(VENV)/bin/pip ] || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
 $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed

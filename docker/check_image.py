@@ -18,6 +18,7 @@ HOME = Path(sys.argv[1] if len(sys.argv) > 1 else "/opt/orthanc-ai")
 CONFIGURATION = Path(sys.argv[2] if len(sys.argv) > 2 else "/etc/orthanc/orthanc-ai.json")
 sys.path.insert(0, str(HOME / "plugin"))
 
+import highdicom  # noqa: E402
 import numpy  # noqa: E402
 import onnxruntime  # noqa: E402
 import pydicom  # noqa: E402
@@ -28,7 +29,7 @@ from orthanc_ai.registry import ModelRegistry  # noqa: E402
 for decoder in ("pylibjpeg", "libjpeg", "openjpeg", "rle"):  # pydicom's decoders of compressed syntaxes
     importlib.import_module(decoder)
 print(f"Python {sys.version.split()[0]}, numpy {numpy.__version__}, pydicom {pydicom.__version__}, "
-      f"onnxruntime {onnxruntime.__version__}")
+      f"onnxruntime {onnxruntime.__version__}, highdicom {highdicom.__version__}")
 configuration = json.loads(CONFIGURATION.read_text())
 problems = check_orthanc_settings(configuration)
 if problems:

@@ -102,6 +102,22 @@ PAD_REASON = (
     "information; the report gives test figures on square images only as a check. " + WINDOW_REASON
 )
 
+def _sct(value: str, meaning: str) -> dict[str, str]:
+    """A SNOMED CT concept (each checked against pydicom's SR concept dictionary)."""
+    return {"scheme": "SCT", "value": value, "meaning": meaning}
+
+
+def _project(value: str, meaning: str) -> dict[str, str]:
+    """A concept of the project's own coding scheme (docs/structured-report.md)."""
+    return {"scheme": "99ORTHANCAI", "value": value, "meaning": meaning}
+
+
+def _suspect(*classes: str, min_probability: float = 0.9) -> dict[str, Any]:
+    """The series conclusion: the first of these classes that some image shows at this probability, else the most
+    frequent top class."""
+    return {"suspect": [{"class": name, "min_probability": min_probability} for name in classes]}
+
+
 # What the two lung CT models share: input, preprocessing, applicability and both training recipes.
 LUNG_CT: dict[str, Any] = {
     "size": 160,
@@ -118,6 +134,10 @@ LUNG_CT: dict[str, Any] = {
 # Each model's settings: heterogeneous values (lists, numbers, nested recipes), read by key.
 MODELS: dict[str, dict[str, Any]] = {
     "lung-ct-3": {
+        # How Structured Reports code each class and conclude a series (docs/structured-report.md).
+        "class_codes": {"Benign": _sct("30807003", "Benign"), "Malignant": _sct("21594007", "Malignant"),
+                        "Normal": _sct("17621005", "Normal")},
+        "series_conclusion": _suspect("Malignant", "Benign"),
         "title": "Lung CT pathology (3 classes)",
         "classes": ["Benign", "Malignant", "Normal"],
         **LUNG_CT,
@@ -132,6 +152,13 @@ MODELS: dict[str, dict[str, Any]] = {
         "dataset_short_name": "IQ-OTH/NCCD",
     },
     "lung-ct-6": {
+        # How Structured Reports code each class and conclude a series (docs/structured-report.md).
+        "class_codes": {"Adenocarcinoma": _sct("1187332001", "Adenocarcinoma"), "Benign": _sct("30807003", "Benign"),
+                        "Large_Cell_Carcinoma": _sct("22687000", "Large cell carcinoma"),
+                        "Malignant": _sct("21594007", "Malignant"), "Normal": _sct("17621005", "Normal"),
+                        "Squamous_Cell_Carcinoma": _sct("1162767002", "Squamous cell carcinoma")},
+        "series_conclusion": _suspect("Malignant", "Adenocarcinoma", "Large_Cell_Carcinoma",
+                                      "Squamous_Cell_Carcinoma", "Benign"),
         "title": "Lung CT pathology (6 classes, IQ-OTH/NCCD + Chest CT-Scan images)",
         "classes": ["Adenocarcinoma", "Benign", "Large_Cell_Carcinoma", "Malignant", "Normal",
                     "Squamous_Cell_Carcinoma"],
@@ -144,6 +171,12 @@ MODELS: dict[str, dict[str, Any]] = {
         "dataset_short_name": "IQ-OTH/NCCD + Chest CT-Scan images",
     },
     "xray-bodypart": {
+        # How Structured Reports code each class and conclude a series (docs/structured-report.md).
+        # Adult and pediatric chest films have no single SNOMED CT concept each: the project's own codes.
+        "class_codes": {"adult-chest": _project("adult-chest", "Adult chest radiograph"),
+                        "pediatric-chest": _project("pediatric-chest", "Pediatric chest radiograph"),
+                        "spine": _sct("421060004", "Spine"), "other": _project("other-body-part", "Other body part")},
+        "series_conclusion": _suspect(),
         "title": "X-ray body-part router (adult chest / pediatric chest / spine / other)",
         "dataset_short_name": "public radiographs by body part + Kermany pediatric CXR",
         "classes": ["adult-chest", "pediatric-chest", "spine", "other"],

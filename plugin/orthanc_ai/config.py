@@ -55,6 +55,8 @@ class PluginConfig:
     # The HTTP filter that fences REST deletions (deletion_fence.py): "auto" installs it where the Python
     # plugin does not leak memory through HTTP filters (4.1 and later), "always" also on 4.0, "never" nowhere.
     deletion_filter: str = "auto"
+    # "Outputs": a DICOM Structured Report per analysed series and model (series_reports.py).
+    structured_report: bool = True
 
 
 # key in orthanc.json → (attribute, expected type)
@@ -72,6 +74,7 @@ _KEYS: dict[str, tuple[str, type]] = {
     "QueueCapacity": ("queue_capacity", int),
     "Routing": ("routing", dict),
     "DeletionFilter": ("deletion_filter", str),
+    "Outputs": ("outputs", dict),
     # Read by the entry script before this package is importable.
     "VirtualEnv": ("", str),
 }
@@ -106,9 +109,29 @@ def parse_config(orthanc_configuration: Mapping[str, Any], config_directory: Pat
         if not all(isinstance(n, str) for n in names):
             raise ConfigurationError(f'"{SECTION}.EnabledModels" must be a list of model names')
         values["enabled_models"] = tuple(names)
+    if "outputs" in values:
+        values["structured_report"] = _parse_outputs(values.pop("outputs"))
     config = PluginConfig(**values)
     _check_ranges(config)
     return config
+
+
+OUTPUT_KEYS = ("PrivateTags", "StructuredReport")
+
+
+def _parse_outputs(outputs: Mapping[str, Any]) -> bool:
+    """``"Outputs": {"PrivateTags": true, "StructuredReport": true}``; answers whether SRs are written."""
+    unknown = sorted(set(outputs) - set(OUTPUT_KEYS))
+    if unknown:
+        raise ConfigurationError(f'unknown key(s) in "{SECTION}.Outputs": {", ".join(unknown)}; '
+                                 f'known keys: {", ".join(OUTPUT_KEYS)}')
+    for key, value in outputs.items():
+        if not isinstance(value, bool):
+            raise ConfigurationError(f'"{SECTION}.Outputs.{key}" must be true or false, not {value!r}')
+    if outputs.get("PrivateTags", True) is not True:
+        raise ConfigurationError(f'"{SECTION}.Outputs.PrivateTags" cannot be false: the private tags are where '
+                                 "results are kept, and the Structured Reports are built from them")
+    return bool(outputs.get("StructuredReport", True))
 
 
 def _check_ranges(config: PluginConfig) -> None:

@@ -81,6 +81,66 @@ class RoutedBy:
         return None
 
 
+# Local coding scheme (PS3.16 §8: a designator beginning with "99") for classes whose card gives no code.
+PROJECT_CODING_SCHEME = "99ORTHANCAI"
+
+
+@dataclass(frozen=True)
+class ClassCode:
+    """The coded concept a class stands for in a Structured Report (e.g. SCT 21594007 "Malignant")."""
+
+    scheme: str
+    value: str
+    meaning: str
+
+    @classmethod
+    def from_json(cls, class_name: str, section: Any) -> ClassCode:
+        if not isinstance(section, Mapping) or not all(isinstance(section.get(k), str) and section.get(k)
+                                                       for k in ("scheme", "value", "meaning")):
+            raise ModelCardError(f'class_codes.{class_name} needs "scheme", "value" and "meaning" strings')
+        if len(section["meaning"]) > 64:
+            raise ModelCardError(f"class_codes.{class_name}.meaning must fit a DICOM LO value (≤ 64 characters)")
+        return cls(section["scheme"], section["value"], section["meaning"])
+
+    @classmethod
+    def project(cls, class_name: str) -> ClassCode:
+        return cls(PROJECT_CODING_SCHEME, class_name, class_name)
+
+
+@dataclass(frozen=True)
+class SuspicionRule:
+    """A class that, once it is an image's top class with at least this probability, concludes the series."""
+
+    class_name: str
+    min_probability: float
+
+
+@dataclass(frozen=True)
+class SeriesConclusion:
+    """How one answer is drawn for a whole series (``series_conclusion`` in the card).
+
+    The first rule in ``suspect`` that some image meets gives the conclusion ("Malignant suspected");
+    when none does, the most frequent top class does (a one-image series: that image's class).
+    """
+
+    suspect: tuple[SuspicionRule, ...] = ()
+
+    @classmethod
+    def from_json(cls, section: Any, classes: tuple[str, ...]) -> SeriesConclusion:
+        if not isinstance(section, Mapping) or not isinstance(section.get("suspect", []), list):
+            raise ModelCardError('series_conclusion must be {"suspect": [{"class": ..., "min_probability": ...}]}')
+        rules = []
+        for rule in section.get("suspect", []):
+            name = rule.get("class") if isinstance(rule, Mapping) else None
+            if name not in classes:
+                raise ModelCardError(f"series_conclusion.suspect: {name!r} is not one of the classes")
+            threshold = float(rule.get("min_probability", 0.5))
+            if not 0.0 <= threshold <= 1.0:
+                raise ModelCardError(f"series_conclusion.suspect: min_probability of {name} must be within 0–1")
+            rules.append(SuspicionRule(name, threshold))
+        return cls(tuple(rules))
+
+
 @dataclass(frozen=True)
 class ModelCard:
     name: str
@@ -94,6 +154,12 @@ class ModelCard:
     folder: Path
     raw: Mapping[str, Any]
     routed_by: RoutedBy | None = None
+    class_codes: Mapping[str, ClassCode] = field(default_factory=dict)
+    series_conclusion: SeriesConclusion = SeriesConclusion()
+
+    def class_code(self, class_name: str) -> ClassCode:
+        """The card's code for the class, else the project's own (documented in docs/structured-report.md)."""
+        return self.class_codes.get(class_name) or ClassCode.project(class_name)
 
     @property
     def onnx_path(self) -> Path:
@@ -130,6 +196,13 @@ class ModelCard:
             dataset_name = str(dataset.get("short_name") or dataset.get("name", ""))
         else:
             dataset_name = str(dataset)
+        codes_section = raw.get("class_codes", {})
+        if not isinstance(codes_section, Mapping):
+            raise ModelCardError("class_codes must be a JSON object: class name → code")
+        if set(codes_section) - set(classes):
+            raise ModelCardError(f"class_codes names classes the model does not have: "
+                                 f"{sorted(set(codes_section) - set(classes))}")
+        class_codes = {name: ClassCode.from_json(name, code) for name, code in codes_section.items()}
         version = str(raw["version"])
         for label, value in (("version", version), ("dataset.short_name (or name)", dataset_name)):
             if len(value) > 64 or "\\" in value:
@@ -146,6 +219,8 @@ class ModelCard:
             folder=folder,
             raw=raw,
             routed_by=RoutedBy.from_json(raw["routed_by"]) if raw.get("routed_by") else None,
+            class_codes=class_codes,
+            series_conclusion=SeriesConclusion.from_json(raw.get("series_conclusion", {}), classes),
         )
 
     def summary(self) -> dict[str, Any]:

@@ -65,6 +65,15 @@ class OrthancApi(Protocol):
     def destinations(self) -> tuple[list[str], list[str]]:
         """Names of the DICOM modalities and the Orthanc peers that Orthanc knows."""
 
+    def series(self, series_id: str) -> dict[str, Any]:
+        """GET /series/{id}: its main DICOM tags, parent study and instance ids."""
+
+    def study_series(self, study_id: str) -> list[str]:
+        """Orthanc ids of the series of a study."""
+
+    def delete_instance(self, instance_id: str) -> None:
+        """DELETE /instances/{id} (an outdated Structured Report of ours)."""
+
     def child_instances(self, level: str, resource_id: str) -> list[str]:
         """Orthanc ids of the instances of a series or study (level 'series' or 'studies')."""
 

@@ -100,6 +100,15 @@ class OrthancRestApi:
     def set_checkpoint(self, value: str) -> None:
         orthanc.SetGlobalProperty(GLOBAL_PROPERTY_CHECKPOINT, value)
 
+    def series(self, series_id: str) -> dict[str, Any]:
+        return json.loads(_call(orthanc.RestApiGet, f"/series/{series_id}"))
+
+    def study_series(self, study_id: str) -> list[str]:
+        return [item["ID"] for item in json.loads(_call(orthanc.RestApiGet, f"/studies/{study_id}/series"))]
+
+    def delete_instance(self, instance_id: str) -> None:
+        _call(orthanc.RestApiDelete, f"/instances/{instance_id}")
+
     def child_instances(self, level: str, resource_id: str) -> list[str]:
         answer = json.loads(_call(orthanc.RestApiGet, f"/{level}/{resource_id}/instances"))
         return [item["ID"] for item in answer]
@@ -241,6 +250,10 @@ def _on_change(change_type: int, level: int, resource_id: str) -> None:
         service.queue.on_new_instance(resource_id, enqueue=service.config.auto_predict)
     elif change_type == orthanc.ChangeType.DELETED:
         service.pipeline.fence.on_deleted(resource_id)
+    elif change_type == orthanc.ChangeType.STABLE_SERIES:
+        # Reported once its images have their outcomes; with automatic prediction off, only Predict reports.
+        if service.config.structured_report and service.config.auto_predict:
+            service.reporter.request(resource_id)
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
         service.start()
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
@@ -312,6 +325,8 @@ def _register_routes() -> None:
         # Orthanc Explorer
         (f"/ai/instances/{ORTHANC_ID}/applicable", "GET",
          lambda s, groups, body: rest_api.applicable_models(s, groups[0])),
+        (f"/ai/series/{ORTHANC_ID}/summary", "GET",
+         lambda s, groups, body: rest_api.series_summary(s, groups[0])),
         (f"/ai/series/{ORTHANC_ID}/predictions", "GET",
          lambda s, groups, body: rest_api.children_predictions(s, "series", groups[0])),
         (f"/ai/studies/{ORTHANC_ID}/predictions", "GET",

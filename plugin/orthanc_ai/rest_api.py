@@ -21,6 +21,7 @@ from .private_tags import read_results
 from .registry import UnknownModel
 from .request_body import BadRequest, json_object
 from .routing import decide
+from .series_reports import summary_json
 from .service import PluginService
 from .tagging import stored_results
 
@@ -50,6 +51,11 @@ def plugin_status(service: PluginService) -> Response:
                 "requestsByStage": body.pop("deletionRequestsByStage"),
                 "storeBacksRefused": service.pipeline.fence.refused,
             },
+            "structuredReports": {
+                "enabled": service.config.structured_report,
+                "seriesWaiting": service.reporter.pending,
+                "outcomes": dict(service.reporter.counts),
+            },
             "autoPredict": service.config.auto_predict,
             "workers": service.config.workers,
             "models": sorted(service.registry.models),
@@ -78,7 +84,18 @@ def predict_children(service: PluginService, level: str, resource_id: str, body:
     states: dict[str, int] = {}
     for outcome in outcomes:
         states[outcome["state"]] = states.get(outcome["state"], 0) + 1
-    return 200, {"resource": resource_id, "level": level, "counts": states, "instances": outcomes}
+    reports = []
+    if service.config.structured_report:
+        series_ids = [resource_id] if level == "series" else service.api.study_series(resource_id)
+        reports = [service.reporter.report(series_id).to_json() for series_id in series_ids]
+    return 200, {"resource": resource_id, "level": level, "counts": states, "instances": outcomes,
+                 "reports": reports}
+
+
+def series_summary(service: PluginService, series_id: str) -> Response:
+    """One answer per model for the series, from its images' tags, and the SR that reports it."""
+    instances = service.api.child_instances("series", series_id)
+    return 200, summary_json(service.reporter, series_id, instances)
 
 
 def instance_predictions(service: PluginService, instance_id: str) -> Response:

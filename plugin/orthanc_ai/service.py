@@ -12,6 +12,7 @@ from .pipeline import PredictionPipeline
 from .recovery import BacklogRecovery
 from .registry import ModelRegistry
 from .routing import check_destinations, decide, parse_routing
+from .series_reports import SeriesReporter
 from .status import PluginStatus
 from .work_queue import PredictionQueue
 
@@ -28,6 +29,7 @@ class PluginService:
     queue: PredictionQueue
     recovery: BacklogRecovery
     forwarder: Forwarder
+    reporter: SeriesReporter
 
     @classmethod
     def create(cls, config: PluginConfig, api: OrthancApi, node: str = "Orthanc") -> PluginService:
@@ -44,17 +46,20 @@ class PluginService:
             api, node, work_queue.submit, lambda: work_queue.length == 0 and work_queue.in_progress == 0
         )
         forwarder = Forwarder(api, policy, pipeline.locks)
+        reporter = SeriesReporter(api, registry, config.private_creator, echoes)
         if policy.rules:
             pipeline.after_prediction.append(
                 lambda outcome: forwarder.route(outcome.instance_id, decide(policy, outcome.results))
             )
         if not registry.models:
             log.error("No model could be loaded from %s: nothing will be predicted", config.models_directory)
-        return cls(config, api, registry, status, pipeline, work_queue, recovery, forwarder)
+        return cls(config, api, registry, status, pipeline, work_queue, recovery, forwarder, reporter)
 
     def start(self) -> None:
         """Orthanc has started: workers, forwarding, then (with automatic prediction) the change-log replay."""
         self.queue.start()
+        if self.config.structured_report:
+            self.reporter.start()
         if self.forwarder.policy.rules:
             modalities, peers = self.api.destinations()
             for problem in check_destinations(self.forwarder.policy, modalities, peers):
@@ -66,4 +71,5 @@ class PluginService:
     def stop(self) -> None:
         self.recovery.stop()
         self.queue.stop()
+        self.reporter.stop()
         self.forwarder.stop()

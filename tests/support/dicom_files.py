@@ -82,3 +82,23 @@ def to_bytes(ds: Dataset) -> bytes:
 
 def read(dicom: bytes, **options) -> Dataset:
     return pydicom.dcmread(io.BytesIO(dicom), force=True, **options)
+
+
+def ct_from_grey(grey: np.ndarray, study_uid: str, series_uid: str, instance_number: int,
+                 patient_id: str = "AI-TEST-CT", series_number: int = 2) -> bytes:
+    """A CT slice in Hounsfield units from a display-windowed 8-bit image (lung CT sets are published so).
+
+    The grey levels are mapped back through the soft-tissue window the lung models apply (centre 40,
+    width 400), so the models see the published image again.
+    """
+    hounsfield = grey.astype(np.float64) / 255.0 * 400.0 - 160.0
+    stored = np.round(hounsfield + 1024).astype(np.int16)
+    ds = _base(CT_IMAGE_STORAGE, "CT", study_uid, series_uid, instance_number, patient_id)
+    ds.SeriesNumber = series_number
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
+    ds.BodyPartExamined = "CHEST"
+    ds.PixelData = stored.tobytes()
+    return to_bytes(ds)
