@@ -127,7 +127,8 @@ def test_report_references_every_image_and_gives_back_the_probabilities(tmp_path
     assert key_images == [i.sop_instance_uid for i in summary.key_images]
     conclusion = summary_group.get_qualitative_evaluations()[0]
     assert conclusion.name.meaning == "Conclusion"
-    assert conclusion.ConceptCodeSequence[0].CodeValue == "21594007"  # SCT Malignant
+    value = conclusion.value
+    assert isinstance(value, hd.sr.CodedConcept) and value.value == "21594007"  # SCT Malignant
 
 
 @pytest.mark.skipif(not shutil.which("dciodvfy"), reason="dciodvfy not installed (Debian package dicom3tools)")
