@@ -88,6 +88,21 @@ def decide(policy: RoutingPolicy, results: Sequence[ModelResult]) -> list[Routin
     return decisions
 
 
+def decide_for_report(policy: RoutingPolicy, images: Sequence[Sequence[ModelResult]]) -> list[RoutingDecision]:
+    """Where a series' Structured Report goes: wherever a rule sent any of the images it reports.
+
+    ``images`` holds each reported image's results (of every model, as the rules saw them). One decision
+    per rule that fired for at least one image; labels stay with the images, which already set them.
+    """
+    decisions: dict[str, RoutingDecision] = {}
+    for results in images:
+        for decision in decide(policy, results):
+            if decision.destinations:
+                decisions.setdefault(decision.rule.name,
+                                     RoutingDecision(decision.rule, decision.result, decision.destinations))
+    return list(decisions.values())
+
+
 def parse_routing(section: Mapping[str, Any] | None, models: Sequence[str] | None = None) -> RoutingPolicy:
     """Validate ``"OrthancAI" → "Routing"``. ``models``: the names that can be routed on, if known."""
     if not section:

@@ -31,7 +31,7 @@ from .config import METADATA_STATUS
 from .deletion_fence import orthanc_ids
 from .instance_guards import EchoGuard, InstanceLocks
 from .orthanc_api import ResourceNotFound
-from .private_tags import read_results
+from .private_tags import ModelResult, read_results
 from .registry import ModelRegistry
 from .series_summary import AnalysedImage, SeriesSummary, summarise
 from .structured_report import build_report, encode, report_instance_uid, report_series_uid
@@ -64,6 +64,7 @@ class SeriesImages:
     """What the series' images hold: each one's header and results, and which have no outcome yet."""
 
     headers: dict[str, Dataset] = field(default_factory=dict)  # by SOP Instance UID
+    results: dict[str, list[ModelResult]] = field(default_factory=dict)  # every model's, by SOP Instance UID
     analysed: dict[str, list[AnalysedImage]] = field(default_factory=dict)  # by model
     without_outcome: int = 0
 
@@ -88,6 +89,9 @@ class SeriesReporter:
         self.echoes = echoes
         self.clock = clock
         self.counts: dict[str, int] = {}
+        # Called with each SR written and the results (all models) of each image it reports: the router
+        # sends the SR where those images went.
+        self.after_report: list[Callable[[str, list[list[ModelResult]]], object]] = []
         self._series_locks = InstanceLocks()
         self._pending: dict[str, tuple[float, float]] = {}  # series id → (next attempt, give up at)
         self._wake = threading.Condition()
@@ -172,7 +176,7 @@ class SeriesReporter:
             return ReportOutcome(series_id, "not analysed", "no image of the series has results")
         outcome = ReportOutcome(series_id, "unchanged")
         for model, analysed in sorted(images.analysed.items()):
-            written, report_id = self._write_if_new(series_id, model, analysed, images.headers)
+            written, report_id = self._write_if_new(series_id, model, analysed, images)
             outcome.reports[model] = report_id
             if written:
                 outcome.state = "written"
@@ -191,7 +195,8 @@ class SeriesReporter:
             if not has_outcome:
                 images.without_outcome += 1
             uid = str(header.get("SOPInstanceUID", ""))
-            for result in read_results(header, self.private_creator):
+            images.results[uid] = read_results(header, self.private_creator)
+            for result in images.results[uid]:
                 if result.model not in self.registry.models or not uid:
                     continue  # a model no longer loaded has no card to report with
                 images.headers[uid] = header
@@ -216,13 +221,13 @@ class SeriesReporter:
         return ids.series, ids.instance
 
     def _write_if_new(self, series_id: str, model: str, analysed: list[AnalysedImage],
-                      headers: dict[str, Dataset]) -> tuple[bool, str]:
+                      images: SeriesImages) -> tuple[bool, str]:
         card = self.registry.models[model].card
         summary = summarise(card, analysed)
-        report_series, report_id = self.report_ids(model, summary, headers)
+        report_series, report_id = self.report_ids(model, summary, images.headers)
         if self.api.instance_exists(report_id):
             return False, report_id
-        dicom = encode(build_report(card, summary, headers))
+        dicom = encode(build_report(card, summary, images.headers))
         self.echoes.expect(report_id)  # not queued for prediction
         try:
             answer = self.api.store_instance(dicom)
@@ -241,6 +246,11 @@ class SeriesReporter:
                     pass  # another node deleted it first
         log.info("Series %s: %s Structured Report %s written (%s; %d images)", series_id, model,
                  report_id, summary.conclusion.text, len(summary.images))
+        for hook in self.after_report:
+            try:
+                hook(report_id, [images.results[image.sop_instance_uid] for image in summary.images])
+            except Exception:  # the SR is written; a hook must not turn that into a failure
+                log.exception("After-report hook failed for Structured Report %s", report_id)
         return True, report_id
 
 

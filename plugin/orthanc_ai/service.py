@@ -11,7 +11,7 @@ from .orthanc_api import OrthancApi
 from .pipeline import PredictionPipeline
 from .recovery import BacklogRecovery
 from .registry import ModelRegistry
-from .routing import check_destinations, decide, parse_routing
+from .routing import check_destinations, decide, decide_for_report, parse_routing
 from .series_reports import SeriesReporter
 from .status import PluginStatus
 from .work_queue import PredictionQueue
@@ -51,6 +51,8 @@ class PluginService:
             pipeline.after_prediction.append(
                 lambda outcome: forwarder.route(outcome.instance_id, decide(policy, outcome.results))
             )
+            reporter.after_report.append(
+                lambda report_id, images: forwarder.route(report_id, decide_for_report(policy, images)))
         if not registry.models:
             log.error("No model could be loaded from %s: nothing will be predicted", config.models_directory)
         return cls(config, api, registry, status, pipeline, work_queue, recovery, forwarder, reporter)

@@ -60,6 +60,9 @@ def site(tmp_path_factory, router_models):
     main = OrthancProcess(tmp_path_factory.mktemp("main"), router_models, {
         "DicomModalities": {"chest-ai": ["CHESTAI", "127.0.0.1", chest.dicom_port],
                             "spine-ai": ["SPINEAI", "127.0.0.1", spine.dicom_port]},
+        # No series becomes stable during these tests, so the only SRs are those a test asks for by
+        # Predict, and the instance counts at the destinations stay exact.
+        "StableAge": 3600,
     }, {"Routing": rules}).start()
     yield main, chest, spine
     stop_all([main, chest, spine])
@@ -150,6 +153,28 @@ def test_find_by_result(site):
     assert studies and all(isinstance(s, str) for s in studies)
     status, _ = main.request("GET", "/ai/find?class=chest")
     assert status == 400
+
+
+def test_structured_report_follows_the_images_it_reports(site):
+    main, chest, spine = site
+    answer = main.store_http(radiograph(245, "DX"))
+    main.wait_until(lambda: answer["ID"] in chest.get("/instances"), 30, "the radiograph at the chest AI")
+    spine_before = set(spine.get("/instances"))
+
+    status, predicted = main.post_json(f"/ai/series/{answer['ParentSeries']}/predict", {"force": False})
+    assert status == 200
+    [report] = predicted["reports"]
+    assert report["state"] == "written" and set(report["reports"]) == {ROUTER, "test-chest-pathology"}
+    for model, report_id in report["reports"].items():
+        main.wait_until(lambda report_id=report_id: report_id in chest.get("/instances"), 30,
+                        f"the {model} SR at the chest AI")
+        tags = chest.get(f"/instances/{report_id}/simplified-tags")
+        assert (tags["Modality"], tags["SeriesDescription"].split()[1]) == ("SR", model)
+        main.wait_until(lambda report_id=report_id: [(e["outcome"], e["rule"]) for e in main.get(
+            f"/ai/routing?instance={report_id}")["entries"]] == [("queued", "chest-films"), ("sent", "chest-films")],
+                        30, f"the audit of the {model} SR's send")
+    time.sleep(1.0)
+    assert set(spine.get("/instances")) == spine_before, "nothing went where the image did not"
 
 
 def test_bad_rules_refuse_to_start(start_orthanc, router_models):
