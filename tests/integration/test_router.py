@@ -60,9 +60,6 @@ def site(tmp_path_factory, router_models):
     main = OrthancProcess(tmp_path_factory.mktemp("main"), router_models, {
         "DicomModalities": {"chest-ai": ["CHESTAI", "127.0.0.1", chest.dicom_port],
                             "spine-ai": ["SPINEAI", "127.0.0.1", spine.dicom_port]},
-        # No series becomes stable during these tests, so the only SRs are those a test asks for by
-        # Predict, and the instance counts at the destinations stay exact.
-        "StableAge": 3600,
     }, {"Routing": rules}).start()
     yield main, chest, spine
     stop_all([main, chest, spine])

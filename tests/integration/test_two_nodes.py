@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.uid import generate_uid
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
 from orthanc_ai.private_tags import read_results
@@ -96,5 +97,42 @@ def test_node_killed_with_a_backlog_catches_up_on_restart(postgres, test_models,
         # node-1's replay also meets node-0's not yet finished instances: the claims keep it from doing them twice.
         print(f"\nnode-1 lost a backlog of {backlog}; after its restart it queued "
               f"{nodes[1].status()['recoveredAtStartup']} (claimed elsewhere: {nodes[1].status()['claimedElsewhere']})")
+    finally:
+        stop_all(nodes)
+
+
+@pytest.mark.slow
+def test_two_nodes_write_one_structured_report_per_series_and_model(postgres, test_models, tmp_path_factory):
+    # Both nodes store half of one series, so both see it become stable and both report it.
+    cluster = {**postgres.orthanc_settings(), "CheckRevisions": True, "StableAge": 2}
+    nodes = [OrthancProcess(tmp_path_factory.mktemp(f"node{n}"), test_models, {**cluster, "Name": f"node-{n}"})
+             for n in range(2)]
+    try:
+        for node in nodes:
+            node.start()
+        study, series = generate_uid(), generate_uid()
+        for number in range(1, 21):
+            nodes[number % 2].store_http(synthetic_ct(seed=9000 + number, study_uid=study, series_uid=series,
+                                                      instance_number=number))
+        study_id = nodes[0].store_http(synthetic_ct(seed=9000, study_uid=study, series_uid=series,
+                                                    instance_number=21))["ParentStudy"]
+
+        def report_series() -> dict[str, list[str]]:
+            found: dict[str, list[str]] = {}
+            for item in nodes[0].get(f"/studies/{study_id}/series"):
+                if item["MainDicomTags"].get("Modality") == "SR":
+                    found.setdefault(item["MainDicomTags"]["SeriesDescription"], []).extend(item["Instances"])
+            return found
+
+        nodes[0].wait_until(lambda: len(report_series()) == 2, 180, "an SR of each model")
+        # Both nodes reported it (each saw it become stable); give the slower one time to finish.
+        nodes[0].wait_until(lambda: sum(n.status()["structuredReports"]["outcomes"].get("written", 0)
+                                        + n.status()["structuredReports"]["outcomes"].get("unchanged", 0)
+                                        for n in nodes) >= 2, 60, "both nodes to report the series")
+        time.sleep(3)
+        outcomes = [node.status()["structuredReports"]["outcomes"] for node in nodes]
+        print(f"\nSR outcomes per node: {outcomes}; SR series: {report_series()}")
+        assert {description.split()[1]: len(ids) for description, ids in report_series().items()} == {
+            "test-any": 1, "test-ct": 1}
     finally:
         stop_all(nodes)

@@ -57,6 +57,9 @@ class OrthancProcess:
                 "HttpPort": self.http_port,
                 "DicomPort": self.dicom_port,
                 "PythonScript": str(PROJECT / "plugin" / "orthanc_ai_plugin.py"),
+                # No series becomes stable (and gets its Structured Reports) within a test unless the test
+                # says so (test_structured_reports: 2 s), so other tests count only the images they stored.
+                "StableAge": 3600,
             }
         )
         config["OrthancAI"] = dict(config["OrthancAI"], ModelsDirectory=str(models_directory), VirtualEnv=sys.prefix)
