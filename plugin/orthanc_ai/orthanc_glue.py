@@ -325,6 +325,10 @@ def _register_routes() -> None:
         # Orthanc Explorer
         (f"/ai/instances/{ORTHANC_ID}/applicable", "GET",
          lambda s, groups, body: rest_api.applicable_models(s, groups[0])),
+        (f"/ai/series/{ORTHANC_ID}/report", "POST",
+         lambda s, groups, body: rest_api.write_reports(s, "series", groups[0])),
+        (f"/ai/studies/{ORTHANC_ID}/report", "POST",
+         lambda s, groups, body: rest_api.write_reports(s, "studies", groups[0])),
         (f"/ai/series/{ORTHANC_ID}/summary", "GET",
          lambda s, groups, body: rest_api.series_summary(s, groups[0])),
         (f"/ai/series/{ORTHANC_ID}/predictions", "GET",

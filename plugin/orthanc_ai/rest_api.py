@@ -84,12 +84,23 @@ def predict_children(service: PluginService, level: str, resource_id: str, body:
     states: dict[str, int] = {}
     for outcome in outcomes:
         states[outcome["state"]] = states.get(outcome["state"], 0) + 1
-    reports = []
-    if service.config.structured_report:
-        series_ids = [resource_id] if level == "series" else service.api.study_series(resource_id)
-        reports = [service.reporter.report(series_id).to_json() for series_id in series_ids]
     return 200, {"resource": resource_id, "level": level, "counts": states, "instances": outcomes,
-                 "reports": reports}
+                 "reports": _write_reports(service, level, resource_id)}
+
+
+def write_reports(service: PluginService, level: str, resource_id: str) -> Response:
+    """``POST /ai/{series|studies}/{id}/report``: the SRs of what the tags hold now (the Explorer, after
+    predicting image by image)."""
+    if not service.config.structured_report:
+        return 409, {"error": 'Structured Reports are off ("Outputs": {"StructuredReport": false})'}
+    return 200, {"resource": resource_id, "level": level, "reports": _write_reports(service, level, resource_id)}
+
+
+def _write_reports(service: PluginService, level: str, resource_id: str) -> list[dict[str, Any]]:
+    if not service.config.structured_report:
+        return []
+    series_ids = [resource_id] if level == "series" else service.api.study_series(resource_id)
+    return [service.reporter.report(series_id).to_json() for series_id in series_ids]
 
 
 def series_summary(service: PluginService, series_id: str) -> Response:

@@ -229,7 +229,85 @@
     return panel;
   }
 
-  function renderSummary(level, uuid, answer, message) {
+  // --- one answer per series (GET /ai/series/{id}/summary) ------------------------
+  function instanceLink(image, text) {
+    var label = text || (image.instanceNumber !== null ? 'image #' + image.instanceNumber : image.instance.substring(0, 8));
+    return el('a', { href: '#instance?uuid=' + encodeURIComponent(image.instance), className: 'ai-key-image', text: label });
+  }
+
+  function modelAnswer(summary) {
+    var rows = (summary.classes || []).map(function (c) {
+      return el('li', { 'data-class': c['class'] }, [
+        el('strong', { text: c['class'] }), ': top class in ' + c.imagesWithTopClass + ' of ' + summary.images +
+        ' image(s), highest ' + percent(c.highestProbability) + ' on ', instanceLink(c.highestAt)
+      ]);
+    });
+    var report = summary.report ?
+      el('p', { className: 'ai-report' }, ['DICOM Structured Report: ',
+        el('a', { href: '#instance?uuid=' + encodeURIComponent(summary.report), className: 'ai-report-link',
+                  text: 'AI ' + summary.model + ' ' + summary.version })]) :
+      el('p', { className: 'ai-report ai-status', text: 'Structured Report not written yet.' });
+    return el('div', { className: 'ai-answer', 'data-model': summary.model }, [
+      el('div', { className: 'ai-answer-head' }, [
+        el('span', { className: 'ai-model', text: summary.model }), ' ',
+        el('span', { className: 'ai-conclusion' + (summary.conclusion.suspected ? ' ai-suspected' : ''),
+                     text: summary.conclusion.text })
+      ]),
+      el('ul', { className: 'ai-answer-classes' }, rows),
+      report
+    ]);
+  }
+
+  function seriesAnswers(summaryAnswer) {
+    var models = summaryAnswer.models || [];
+    if (!models.length) {
+      return null;
+    }
+    return el('div', { className: 'ai-answers', id: 'ai-series-answers' }, models.map(modelAnswer));
+  }
+
+  function studyAnswers(lines) {
+    if (!lines.length) {
+      return null;
+    }
+    return el('ul', { className: 'ai-answers ai-study-answers', id: 'ai-study-answers' }, lines.map(function (line) {
+      return el('li', { 'data-series': line.series, 'data-model': line.model }, [
+        el('a', { href: '#series?uuid=' + encodeURIComponent(line.series), text: line.title }), ' · ',
+        el('span', { className: 'ai-model', text: line.model }), ': ',
+        el('span', { className: 'ai-conclusion' + (line.suspected ? ' ai-suspected' : ''), text: line.text })
+      ]);
+    }));
+  }
+
+  function loadStudyAnswers(uuid) {
+    // One line per analysed series and model: the series of the study, then each one's summary.
+    var deferred = $.Deferred();
+    $.ajax({ url: '../studies/' + uuid + '/series', dataType: 'json', cache: false }).done(function (series) {
+      var analysed = series.filter(function (s) { return (s.MainDicomTags || {}).Modality !== 'SR'; });
+      var calls = analysed.map(function (s) { return request('GET', '/series/' + s.ID + '/summary'); });
+      if (!calls.length) {
+        deferred.resolve([]);
+        return;
+      }
+      $.when.apply($, calls).done(function () {
+        var answers = calls.length > 1 ? Array.prototype.slice.call(arguments).map(function (a) { return a[0]; })
+                                       : [arguments[0]];
+        var lines = [];
+        answers.forEach(function (answer, index) {
+          var tags = analysed[index].MainDicomTags || {};
+          var title = 'Series ' + (tags.SeriesNumber || '?') + (tags.SeriesDescription ? ' ' + tags.SeriesDescription : '');
+          (answer.models || []).forEach(function (m) {
+            lines.push({ series: answer.series, title: title, model: m.model, text: m.conclusion.text,
+                         suspected: m.conclusion.suspected });
+          });
+        });
+        deferred.resolve(lines);
+      }).fail(function (xhr) { deferred.reject(xhr); });
+    }).fail(function (xhr) { deferred.reject(xhr); });
+    return deferred.promise();
+  }
+
+  function renderSummary(level, uuid, answer, message, answers) {
     if (shown[level] !== uuid) {
       return;
     }
@@ -239,6 +317,9 @@
       el('button', { type: 'button', id: 'ai-predict-' + level, className: 'ai-button',
                      onclick: function () { openChooser(level, uuid); } }, ['Predict…'])
     ]));
+    if (answers) {
+      panel.appendChild(answers);
+    }
     if (message) {
       panel.appendChild(el('p', { className: 'ai-status', id: 'ai-' + level + '-status', text: message }));
     }
@@ -282,12 +363,30 @@
 
   function loadSummary(level, uuid, message) {
     var route = level === 'series' ? '/series/' : '/studies/';
-    renderSummary(level, uuid, null, message || 'Loading AI results…');
+    var table = null, answers = null;
+    function render(text) {
+      renderSummary(level, uuid, table, text, answers);
+    }
+    render(message || 'Loading AI results…');
     request('GET', route + uuid + '/predictions').done(function (answer) {
-      renderSummary(level, uuid, answer, message);
+      table = answer;
+      render(message);
     }).fail(function (xhr) {
-      renderSummary(level, uuid, null, 'Cannot read the AI results: ' + errorText(xhr));
+      render('Cannot read the AI results: ' + errorText(xhr));
     });
+    // The series' answer (or one line per series of the study) above the per-image table. (Explorer's
+    // jQuery predates 1.8: .then() does not map values, so each branch builds its node in .done().)
+    function show(node) {
+      answers = node;
+      if (table) {
+        render(message);
+      }
+    }
+    if (level === 'series') {
+      request('GET', '/series/' + uuid + '/summary').done(function (summary) { show(seriesAnswers(summary)); });
+    } else {
+      loadStudyAnswers(uuid).done(function (lines) { show(studyAnswers(lines)); });
+    }
   }
 
   // --- model chooser and prediction --------------------------------------------
@@ -419,7 +518,8 @@
         loadInstance(uuid, false);
         refreshOrthancInstance();
       } else {
-        loadSummary(level, uuid);
+        // The Structured Reports of what was just predicted, before the summary shows them.
+        request('POST', '/' + level + '/' + uuid + '/report').always(function () { loadSummary(level, uuid); });
       }
       if (!problems.length) {
         window.setTimeout(closeChooser, 800);
