@@ -71,11 +71,18 @@ class LabelApi(Protocol):
     def add_study_label(self, study_id: str, label: str) -> None: ...
 
 
-class StudyLabeler:
-    """Called by the pipeline after each prediction (``PredictionPipeline.on_predicted``).
+def conclusion_label(model: str, conclusion_class: str, suspected: bool) -> str:
+    """The label of a series conclusion: ``ai-<model>-suspected-<class>``, or ``ai-<model>-series-<class>``
+    for a conclusion by the most frequent class."""
+    return label_for(model, f"{'suspected' if suspected else 'series'}-{conclusion_class}")
 
-    Whether Orthanc has labels is asked once, at the first prediction (from a
-    worker thread: the REST API is not called while the plugin loads).
+
+class StudyLabeler:
+    """Called by the pipeline after each prediction (``PredictionPipeline.after_prediction``) and by the
+    series reporter after each Structured Report (``SeriesReporter.after_report``).
+
+    Whether Orthanc has labels is asked once, at the first use (from a worker
+    thread: the REST API is not called while the plugin loads).
     """
 
     def __init__(self, api: LabelApi) -> None:
@@ -83,16 +90,25 @@ class StudyLabeler:
         self.enabled: bool | None = None
 
     def __call__(self, outcome: Any) -> None:
-        if outcome.state != "predicted" or not outcome.results:
+        if outcome.state != "predicted" or not outcome.results or not self._has_labels():
             return
+        study = self.api.instance_study(outcome.instance_id)
+        for result in outcome.results:
+            self.api.add_study_label(study, label_for(result.model, result.top_class))
+
+    def on_report(self, report_id: str, summary: Any, images: object) -> None:
+        """The study gets the series conclusion as a label (e.g. ``ai-lung-ct-3-suspected-Malignant``)."""
+        if not self._has_labels():
+            return
+        study = self.api.instance_study(report_id)
+        conclusion = summary.conclusion
+        self.api.add_study_label(study, conclusion_label(summary.model, conclusion.class_name, conclusion.suspected))
+
+    def _has_labels(self) -> bool:
         if self.enabled is None:
             system = self.api.system()
             self.enabled = supports_labels(system)
             log.info("Orthanc %s %s labels: predicted studies %s ai-<model>-<class> labels",
                      system.get("Version"), "has" if self.enabled else "has no",
                      "get" if self.enabled else "do not get")
-        if not self.enabled:
-            return
-        study = self.api.instance_study(outcome.instance_id)
-        for result in outcome.results:
-            self.api.add_study_label(study, label_for(result.model, result.top_class))
+        return self.enabled

@@ -204,7 +204,9 @@ def register() -> None:
     _register_routes()
     orthanc.ExtendOrthancExplorer(_explorer_javascript())
     # Labels for Orthanc Explorer 2 where Orthanc has them (1.12+; checked at the first prediction).
-    _service.pipeline.after_prediction.append(labels.StudyLabeler(_service.api))
+    labeller = labels.StudyLabeler(_service.api)
+    _service.pipeline.after_prediction.append(labeller)
+    _service.reporter.after_report.append(labeller.on_report)
     log.warning(
         "ready: models %s, automatic prediction %s, %d worker(s)",
         ", ".join(_service.registry.models) or "none",

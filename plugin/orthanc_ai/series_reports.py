@@ -89,9 +89,9 @@ class SeriesReporter:
         self.echoes = echoes
         self.clock = clock
         self.counts: dict[str, int] = {}
-        # Called with each SR written and the results (all models) of each image it reports: the router
-        # sends the SR where those images went.
-        self.after_report: list[Callable[[str, list[list[ModelResult]]], object]] = []
+        # Called with each SR written, its summary, and the results (all models) of each image it reports:
+        # the router sends the SR where those images went, the labeller labels the study with the conclusion.
+        self.after_report: list[Callable[[str, SeriesSummary, list[list[ModelResult]]], object]] = []
         self._series_locks = InstanceLocks()
         self._pending: dict[str, tuple[float, float]] = {}  # series id → (next attempt, give up at)
         self._wake = threading.Condition()
@@ -248,7 +248,7 @@ class SeriesReporter:
                  report_id, summary.conclusion.text, len(summary.images))
         for hook in self.after_report:
             try:
-                hook(report_id, [images.results[image.sop_instance_uid] for image in summary.images])
+                hook(report_id, summary, [images.results[image.sop_instance_uid] for image in summary.images])
             except Exception:  # the SR is written; a hook must not turn that into a failure
                 log.exception("After-report hook failed for Structured Report %s", report_id)
         return True, report_id

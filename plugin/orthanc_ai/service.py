@@ -52,7 +52,7 @@ class PluginService:
                 lambda outcome: forwarder.route(outcome.instance_id, decide(policy, outcome.results))
             )
             reporter.after_report.append(
-                lambda report_id, images: forwarder.route(report_id, decide_for_report(policy, images)))
+                lambda report_id, summary, images: forwarder.route(report_id, decide_for_report(policy, images)))
         if not registry.models:
             log.error("No model could be loaded from %s: nothing will be predicted", config.models_directory)
         return cls(config, api, registry, status, pipeline, work_queue, recovery, forwarder, reporter)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-from orthanc_ai.labels import label_for, supports_labels
+from orthanc_ai.labels import conclusion_label, label_for, supports_labels
 from orthanc_ai.private_tags import read_results
 from tests.support.dicom_files import read, synthetic_ct
 
@@ -35,3 +35,18 @@ def test_predicted_study_carries_its_labels_and_is_found_by_them(orthanc):
         assert status == 200 and study in found, (label, found)
     status, none = orthanc.post_json("/tools/find", {"Level": "Study", "Query": {}, "Labels": ["ai-test-ct-Nothing"]})
     assert status == 200 and none == []
+
+
+def test_study_carries_the_series_conclusion_once_reported(orthanc):
+    system = orthanc.get("/system")
+    if not supports_labels(system):
+        pytest.skip(f"labels need Orthanc >= 1.12 (this is {system['Version']}); make test-compat runs this test "
+                    "on 1.12.7 and 1.13.0")
+    study, _ = _predict_one_ct(orthanc, seed=43)
+    [series] = orthanc.get(f"/studies/{study}/series")
+    status, answer = orthanc.post_json(f"/ai/series/{series['ID']}/report")
+    assert status == 200 and answer["reports"][0]["state"] == "written", answer
+    summary = {m["model"]: m["conclusion"] for m in orthanc.get(f"/ai/series/{series['ID']}/summary")["models"]}
+    expected = {conclusion_label(model, c["class"], c["suspected"]) for model, c in summary.items()}
+    assert len(expected) == 2 and all("-series-" in label or "-suspected-" in label for label in expected)
+    orthanc.wait_until(lambda: expected <= set(orthanc.get(f"/studies/{study}/labels")), 30, f"labels {expected}")
