@@ -153,6 +153,7 @@ class SeriesReporter:
 
     def report(self, series_id: str, require_complete: bool = False) -> ReportOutcome:
         """Write the series' SRs that are missing or out of date; never raises."""
+        started = time.monotonic()
         with self._series_locks.hold(series_id):
             try:
                 outcome = self._report(series_id, require_complete)
@@ -162,6 +163,8 @@ class SeriesReporter:
                 log.exception("Structured Report of series %s failed", series_id)
                 outcome = ReportOutcome(series_id, "failed", f"{error.__class__.__name__}: {error}")
         self.counts[outcome.state] = self.counts.get(outcome.state, 0) + 1
+        if outcome.state == "written":
+            log.info("Series %s reported in %.1f s", series_id, time.monotonic() - started)
         return outcome
 
     def _report(self, series_id: str, require_complete: bool) -> ReportOutcome:
