@@ -7,6 +7,7 @@ and checked against the images' private tags, validated with dciodvfy and read w
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -26,6 +27,7 @@ from tests.support.orthanc_process import PROJECT, OrthancProcess, stop_all
 
 IQ_OTHNCCD = DATA / "iq-othnccd" / "The IQ-OTHNCCD lung cancer dataset"
 KERMANY = DATA / "kermany-pediatric-cxr-224"
+ARTIFACTS = PROJECT / "test-artifacts"
 CT_MODELS = ("lung-ct-3", "lung-ct-6")
 SLICES = 40
 
@@ -132,6 +134,16 @@ def test_ct_series_gets_one_valid_report_per_model_that_agrees_with_the_tags(ort
         path, sr = download_report(orthanc, reports[model][0], tmp_path)
         assert dciodvfy_errors(path) == []
         assert subprocess.run(["dsrdump", str(path)], capture_output=True).returncode == 0
+        # Rendered as a document (kept in test-artifacts/ for people to read): the findings are in the text.
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(path, ARTIFACTS / f"sr-{model}.dcm")
+        html = ARTIFACTS / f"sr-{model}.html"
+        assert subprocess.run(["dsr2html", "+Cm", str(path), str(html)]).returncode == 0
+        rendered = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html.read_text()))
+        conclusion_meaning = sr.content.get_image_measurement_groups()[-1].get_qualitative_evaluations()[0].value
+        for expected in ("Imaging Measurement Report", "Summary", model, "probability", "images",
+                         conclusion_meaning.meaning):
+            assert expected in rendered, expected
         evidence = {item.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
                     for s in study.ReferencedSeriesSequence for item in s.ReferencedSOPSequence}
         assert evidence == set(tags), "the SR references every image of the series"
