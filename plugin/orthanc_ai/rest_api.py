@@ -21,7 +21,7 @@ from .private_tags import read_results
 from .registry import UnknownModel
 from .request_body import BadRequest, json_object
 from .routing import decide
-from .series_reports import summary_json
+from .series_reports import NOT_REPORTED_MODALITIES, summary_json
 from .service import PluginService
 from .tagging import stored_results
 
@@ -73,9 +73,19 @@ def predict_instance(service: PluginService, instance_id: str, body: bytes) -> R
 
 
 def predict_children(service: PluginService, level: str, resource_id: str, body: bytes) -> Response:
-    """Predict every instance of a series or study, one after the other."""
+    """Predict every instance of a series or study, one after the other.
+
+    A study's series without images (the plugin's own SRs, anyone's KO, PR, SEG …) are left out.
+    """
     models, force = _parse_predict_body(body)
-    instances = service.api.child_instances(level, resource_id)
+    if level == "series":
+        instances = service.api.child_instances(level, resource_id)
+    else:
+        instances = []
+        for series_id in service.api.study_series(resource_id):
+            series = service.api.series(series_id)
+            if str(series.get("MainDicomTags", {}).get("Modality", "")).upper() not in NOT_REPORTED_MODALITIES:
+                instances += series["Instances"]
     outcomes = []
     for number, instance_id in enumerate(instances, start=1):
         outcomes.append(service.pipeline.process(instance_id, models=models, force=force).to_json())

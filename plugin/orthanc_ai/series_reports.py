@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0
 COMPLETION_WAIT = 600.0  # a series whose images still lack an outcome after this is left (logged)
+# Series without images: never reported on, and left out of a study's Predict (explorer.js has the same list).
 NOT_REPORTED_MODALITIES = {"SR", "KO", "PR", "SEG", "RTSTRUCT", "DOC"}
 
 

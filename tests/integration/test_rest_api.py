@@ -73,11 +73,18 @@ def test_series_and_study_predict(orthanc):
     assert status == 200
     assert answer["counts"] == {"predicted": 3}
     assert sorted(o["instance"] for o in answer["instances"]) == sorted(ids)
+    # Then the series' Structured Reports, one per model in its tags.
+    [report] = answer["reports"]
+    assert report["series"] == series_id and report["state"] == "written"
+    assert set(report["reports"]) == {"test-ct", "test-any"}
 
-    # Without force, models whose current version already predicted are not re-run.
+    # Without force, models whose current version already predicted are not re-run; the study's SR series
+    # are not predicted (no images), and the reports stand as they are.
     status, answer = orthanc.post_json(f"/ai/studies/{study_id}/predict", {"force": False})
     assert status == 200
     assert answer["counts"] == {"unchanged": 3}
+    by_series = {r["series"]: r for r in answer["reports"]}
+    assert by_series[series_id]["state"] == "unchanged" and by_series[series_id]["reports"] == report["reports"]
 
 
 def test_status_route_reports_counts(orthanc):
