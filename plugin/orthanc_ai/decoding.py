@@ -176,6 +176,14 @@ def _text(value: Any) -> str:  # an element value of any VR, as pydicom gives it
     return str(value).strip()
 
 
+def int_or_none(value: Any) -> int | None:
+    """An IS value (Series Number, Instance Number …) as an int, None where absent or not a number."""
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _int(dataset: Dataset, keyword: str, default: int = 0) -> int:
     try:
         value = dataset.get(keyword)

@@ -28,15 +28,13 @@ it (4.1 and later); on plugin 4.0 only the second source applies (README,
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-from pydicom import Dataset
+from .orthanc_ids import OrthancIds
 
 # How long a deletion request with no matching Deleted change (a resource that does not exist, a bulk
 # delete whose targets are unknown here) keeps store-backs of the resources it may concern waiting.
@@ -49,36 +47,6 @@ REMEMBERED_SECONDS = 600.0
 # The filter waits at most this long for store-backs under way (each one is a single POST).
 STORE_WAIT_SECONDS = 30.0
 ANY_RESOURCE = "*"
-
-
-@dataclass(frozen=True)
-class OrthancIds:
-    """Orthanc's public ids of an instance and its parents."""
-
-    patient: str
-    study: str
-    series: str
-    instance: str
-
-    def all(self) -> tuple[str, str, str, str]:
-        return self.patient, self.study, self.series, self.instance
-
-
-def orthanc_ids(dataset: Dataset) -> OrthancIds:
-    """The ids Orthanc gives this instance and its parents (Orthanc's DicomInstanceHasher).
-
-    SHA-1 of the patient ID, then of the study, series and SOP Instance UIDs appended with '|',
-    each printed as five groups of eight hexadecimal digits. DCMTK drops trailing padding first.
-    """
-    parts = [str(dataset.get(keyword, "") or "").rstrip(" \0") for keyword in
-             ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
-    ids = [_sha1_id("|".join(parts[: depth + 1])) for depth in range(4)]
-    return OrthancIds(*ids)
-
-
-def _sha1_id(text: str) -> str:
-    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()
-    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
 class DeletedMeanwhile(Exception):

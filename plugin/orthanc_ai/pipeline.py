@@ -20,10 +20,11 @@ import numpy as np
 from . import __version__
 from .config import METADATA_CLAIM, METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
 from .decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, read_header
-from .deletion_fence import PENDING_SECONDS, DeletedMeanwhile, DeletionFence, OrthancIds, orthanc_ids
+from .deletion_fence import PENDING_SECONDS, DeletedMeanwhile, DeletionFence
 from .inference import LoadedModel
 from .instance_guards import EchoGuard, InstanceLocks
 from .orthanc_api import MetadataConflict, OrthancApi, ResourceNotFound
+from .orthanc_ids import OrthancIds, orthanc_ids
 from .private_tags import ModelResult, read_results
 from .registry import ModelRegistry
 from .status import Outcome, PluginStatus

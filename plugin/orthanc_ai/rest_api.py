@@ -15,7 +15,7 @@ import pydicom
 
 from . import upload as uploads
 from .config import METADATA_SOURCE_FILE, METADATA_STATUS
-from .decoding import InstanceSkipped, read_header
+from .decoding import InstanceSkipped, int_or_none, read_header
 from .orthanc_api import ResourceNotFound
 from .private_tags import read_results
 from .registry import UnknownModel
@@ -257,16 +257,9 @@ def _instance_numbers(dicom: bytes) -> tuple[int | None, int | None]:
     try:
         ds = pydicom.dcmread(io.BytesIO(dicom), stop_before_pixels=True, force=True,
                              specific_tags=["SeriesNumber", "InstanceNumber"])
-        return _int_or_none(ds.get("SeriesNumber")), _int_or_none(ds.get("InstanceNumber"))
+        return int_or_none(ds.get("SeriesNumber")), int_or_none(ds.get("InstanceNumber"))
     except Exception:
         return None, None
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _parse_predict_body(body: bytes) -> tuple[list[str] | None, bool]:

@@ -28,9 +28,10 @@ import pydicom
 from pydicom import Dataset
 
 from .config import METADATA_STATUS
-from .deletion_fence import orthanc_ids
+from .decoding import int_or_none
 from .instance_guards import EchoGuard, InstanceLocks
 from .orthanc_api import ResourceNotFound
+from .orthanc_ids import orthanc_ids_of
 from .private_tags import ModelResult, read_results
 from .registry import ModelRegistry
 from .series_summary import AnalysedImage, SeriesSummary, summarise
@@ -62,12 +63,11 @@ class ReportApi(Protocol):
 
 @dataclass
 class SeriesImages:
-    """What the series' images hold: each one's header and results, and which have no outcome yet."""
+    """What the series' images hold: each one's header and results."""
 
     headers: dict[str, Dataset] = field(default_factory=dict)  # by SOP Instance UID
     results: dict[str, list[ModelResult]] = field(default_factory=dict)  # every model's, by SOP Instance UID
     analysed: dict[str, list[AnalysedImage]] = field(default_factory=dict)  # by model
-    without_outcome: int = 0
 
 
 @dataclass
@@ -173,9 +173,12 @@ class SeriesReporter:
         modality = str(series.get("MainDicomTags", {}).get("Modality", "")).upper()
         if modality in NOT_REPORTED_MODALITIES:
             return ReportOutcome(series_id, "not reported", f"{modality} series are not reported on")
+        # The metadata first: a series still being predicted is looked at every few seconds, its files
+        # are read only once it is complete.
+        waiting = self.without_outcome(series["Instances"]) if require_complete else 0
+        if waiting:
+            return ReportOutcome(series_id, "incomplete", f"{waiting} image(s) without an outcome")
         images = self.read_series(series["Instances"])
-        if require_complete and images.without_outcome:
-            return ReportOutcome(series_id, "incomplete", f"{images.without_outcome} image(s) without an outcome")
         if not images.analysed:
             return ReportOutcome(series_id, "not analysed", "no image of the series has results")
         outcome = ReportOutcome(series_id, "unchanged")
@@ -186,18 +189,25 @@ class SeriesReporter:
                 outcome.state = "written"
         return outcome
 
+    def without_outcome(self, instance_ids: Sequence[str]) -> int:
+        """How many of the images have no ``AIStatus`` yet (still queued or being predicted)."""
+        waiting = 0
+        for instance_id in instance_ids:
+            try:
+                waiting += METADATA_STATUS not in self.api.instance_metadata(instance_id)
+            except ResourceNotFound:
+                continue  # deleted meanwhile: no longer part of the series
+        return waiting
+
     def read_series(self, instance_ids: Sequence[str]) -> SeriesImages:
-        """Headers and results of the series' images, read from their files (private tags) and metadata."""
+        """Headers and results of the series' images, read from their files (the private tags)."""
         images = SeriesImages()
         for instance_id in instance_ids:
             try:
                 dicom = self.api.instance_file(instance_id)
-                has_outcome = METADATA_STATUS in self.api.instance_metadata(instance_id)
             except ResourceNotFound:
                 continue  # deleted meanwhile: no longer part of the series
             header = pydicom.dcmread(io.BytesIO(dicom), stop_before_pixels=True, force=True)
-            if not has_outcome:
-                images.without_outcome += 1
             uid = str(header.get("SOPInstanceUID", ""))
             images.results[uid] = read_results(header, self.private_creator)
             for result in images.results[uid]:
@@ -206,7 +216,7 @@ class SeriesReporter:
                 images.headers[uid] = header
                 images.analysed.setdefault(result.model, []).append(AnalysedImage(
                     instance_id, str(header.get("SOPClassUID", "")), uid,
-                    _int_or_none(header.get("InstanceNumber")), result))
+                    int_or_none(header.get("InstanceNumber")), result))
         return images
 
     def summaries(self, images: SeriesImages) -> dict[str, SeriesSummary]:
@@ -216,12 +226,9 @@ class SeriesReporter:
     def report_ids(self, model: str, summary: SeriesSummary, headers: dict[str, Dataset]) -> tuple[str, str]:
         """Orthanc ids of the SR series and SR instance that report ``summary``."""
         first = headers[summary.images[0].sop_instance_uid]
-        probe = Dataset()
-        probe.PatientID = first.get("PatientID", "")
-        probe.StudyInstanceUID = first.StudyInstanceUID
-        probe.SeriesInstanceUID = report_series_uid(first.StudyInstanceUID, first.SeriesInstanceUID, model)
-        probe.SOPInstanceUID = report_instance_uid(first.SeriesInstanceUID, summary)
-        ids = orthanc_ids(probe)
+        ids = orthanc_ids_of(str(first.get("PatientID", "") or ""), first.StudyInstanceUID,
+                             report_series_uid(first.StudyInstanceUID, first.SeriesInstanceUID, model),
+                             report_instance_uid(first.SeriesInstanceUID, summary))
         return ids.series, ids.instance
 
     def _write_if_new(self, series_id: str, model: str, analysed: list[AnalysedImage],
@@ -258,21 +265,15 @@ class SeriesReporter:
         return True, report_id
 
 
-def _int_or_none(value: object) -> int | None:
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return None
-
-
 def summary_json(reporter: SeriesReporter, series_id: str, instance_ids: Sequence[str]) -> dict[str, Any]:
     """``GET /ai/series/{id}/summary``: each model's summary, and the SR that reports it if it exists."""
     images = reporter.read_series(instance_ids)
+    waiting = reporter.without_outcome(instance_ids)
     models = []
     for model, summary in reporter.summaries(images).items():
         _, report_id = reporter.report_ids(model, summary, images.headers)
         models.append(summary.to_json() | {
             "report": report_id if reporter.api.instance_exists(report_id) else None})
-    return {"series": series_id, "images": len(instance_ids), "withoutOutcome": images.without_outcome,
+    return {"series": series_id, "images": len(instance_ids), "withoutOutcome": waiting,
             "models": models}
 

@@ -27,6 +27,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from . import __version__
+from .decoding import int_or_none
 from .model_card import ClassCode, ModelCard
 from .private_tags import DISCLAIMER
 from .series_summary import AnalysedImage, SeriesSummary
@@ -86,7 +87,7 @@ def build_report(card: ModelCard, summary: SeriesSummary, evidence: Mapping[str,
         title=codes.DCM.ImagingMeasurementReport,
     )
     created_at = created_at or datetime.now().astimezone()
-    source_number = _int_or_none(first.get("SeriesNumber"))
+    source_number = int_or_none(first.get("SeriesNumber"))
     sr = hd.sr.Comprehensive3DSR(
         evidence=images,
         content=report,
@@ -209,10 +210,3 @@ def _concept_of(code: object) -> hd.sr.CodedConcept:
 
 def _tracking_name(image: AnalysedImage) -> str:
     return f"image {image.instance_number}" if image.instance_number is not None else image.sop_instance_uid
-
-
-def _int_or_none(value: object) -> int | None:
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return None

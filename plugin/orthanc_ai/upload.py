@@ -8,14 +8,13 @@ PNG or JPEG becomes a Secondary Capture through Orthanc's own
 SOP Class UID (its meta header names DCMTK's private class) nor Modality, so
 ``create_dicom_request`` names them, with the other attributes a Secondary
 Capture needs, and UIDs of its own: knowing the UIDs before storing gives the
-Orthanc id in advance (``orthanc_instance_id``), so the glue can set the
+Orthanc id in advance (``orthanc_ids``), so the glue can set the
 ``AISourceFileName`` metadata before the instance is predicted.
 """
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import io
 import re
 import struct
@@ -27,6 +26,7 @@ from typing import Any
 import pydicom
 from pydicom.uid import generate_uid
 
+from .orthanc_ids import orthanc_ids_of
 from .request_body import BadRequest, json_object
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -232,13 +232,6 @@ def create_dicom_request(upload: Upload, now: datetime | None = None) -> dict[st
     }
 
 
-def orthanc_instance_id(patient_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
-    """Orthanc's id of an instance: SHA-1 of its four identifiers, in five groups of eight hex digits."""
-    parts = (value.strip() for value in (patient_id, study_uid, series_uid, sop_uid))
-    digest = hashlib.sha1("|".join(parts).encode("utf-8")).hexdigest()
-    return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
-
-
 def dicom_instance_id(data: bytes) -> str | None:
     """The Orthanc id a DICOM file will get, or None where the file cannot tell (Orthanc decides)."""
     try:
@@ -250,10 +243,10 @@ def dicom_instance_id(data: bytes) -> str | None:
         return None
     if not all(values[1:]):
         return None
-    return orthanc_instance_id(*values)
+    return orthanc_ids_of(*values).instance
 
 
 def created_instance_id(request: Mapping[str, Any]) -> str:
     tags = request["Tags"]
-    return orthanc_instance_id(tags["PatientID"], tags["StudyInstanceUID"], tags["SeriesInstanceUID"],
-                               tags["SOPInstanceUID"])
+    return orthanc_ids_of(tags["PatientID"], tags["StudyInstanceUID"], tags["SeriesInstanceUID"],
+                          tags["SOPInstanceUID"]).instance

@@ -10,6 +10,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from orthanc_ai import upload
+from orthanc_ai.orthanc_ids import orthanc_ids
 from tests.support.dicom_files import _base, read, secondary_capture, synthetic_ct, to_bytes
 
 UNKNOWN = "00000000-00000000-00000000-00000000-00000000"
@@ -56,8 +57,7 @@ def test_upload_image_becomes_a_predicted_secondary_capture(orthanc, mode, fmt, 
                     "PatientOrientation"):
         assert keyword in ds  # type 2 attributes present
     # The UIDs chosen by the plugin give the Orthanc id in advance (the glue recognises the upload's event).
-    assert instance_id == upload.orthanc_instance_id(ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID,
-                                                     ds.SOPInstanceUID)
+    assert instance_id == orthanc_ids(ds).instance
 
 
 def test_upload_dicom_keeps_it_and_records_the_file_name(orthanc):

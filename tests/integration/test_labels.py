@@ -9,6 +9,14 @@ from orthanc_ai.private_tags import read_results
 from tests.support.dicom_files import read, synthetic_ct
 
 
+@pytest.fixture
+def with_labels(orthanc) -> None:
+    system = orthanc.get("/system")
+    if not supports_labels(system):
+        pytest.skip(f"labels need Orthanc >= 1.12 (this is {system['Version']}); make test-compat runs this test "
+                    "on 1.12.7 and 1.13.0")
+
+
 def _predict_one_ct(orthanc, seed: int) -> tuple[str, dict[str, str]]:
     """Store a CT, wait for its prediction; its study id and each model's top class."""
     before = orthanc.status()
@@ -18,11 +26,7 @@ def _predict_one_ct(orthanc, seed: int) -> tuple[str, dict[str, str]]:
     return stored["ParentStudy"], {r.model: r.top_class for r in results}
 
 
-def test_predicted_study_carries_its_labels_and_is_found_by_them(orthanc):
-    system = orthanc.get("/system")
-    if not supports_labels(system):
-        pytest.skip(f"labels need Orthanc >= 1.12 (this is {system['Version']}); make test-compat runs this test "
-                    "on 1.12.7 and 1.13.0")
+def test_predicted_study_carries_its_labels_and_is_found_by_them(orthanc, with_labels):
     study, top_classes = _predict_one_ct(orthanc, seed=42)
     expected = {label_for(model, top_class) for model, top_class in top_classes.items()}
     assert expected == {f"ai-test-ct-{top_classes['test-ct']}", f"ai-test-any-{top_classes['test-any']}"}
@@ -37,11 +41,7 @@ def test_predicted_study_carries_its_labels_and_is_found_by_them(orthanc):
     assert status == 200 and none == []
 
 
-def test_study_carries_the_series_conclusion_once_reported(orthanc):
-    system = orthanc.get("/system")
-    if not supports_labels(system):
-        pytest.skip(f"labels need Orthanc >= 1.12 (this is {system['Version']}); make test-compat runs this test "
-                    "on 1.12.7 and 1.13.0")
+def test_study_carries_the_series_conclusion_once_reported(orthanc, with_labels):
     study, _ = _predict_one_ct(orthanc, seed=43)
     [series] = orthanc.get(f"/studies/{study}/series")
     status, answer = orthanc.post_json(f"/ai/series/{series['ID']}/report")

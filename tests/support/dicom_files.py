@@ -31,14 +31,7 @@ def synthetic_ct(seed: int = 0, rows: int = 64, columns: int = 64, study_uid: st
     """A small, valid CT Image Storage instance in Hounsfield units (signed 16-bit, intercept -1024)."""
     rng = np.random.default_rng(seed)
     stored = (rng.normal(1024 - 600, 300, (rows, columns))).clip(0, 4095).astype(np.int16)
-    ds = _base(CT_IMAGE_STORAGE, "CT", study_uid, series_uid, instance_number, patient_id)
-    ds.Rows, ds.Columns = rows, columns
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 1
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
-    ds.BodyPartExamined = "CHEST"
-    ds.PixelData = stored.tobytes()
-    return to_bytes(ds)
+    return to_bytes(_ct(stored, 12, study_uid, series_uid, instance_number, patient_id))
 
 
 def secondary_capture(pixels: np.ndarray, modality: str = "OT", study_uid: str | None = None,
@@ -93,12 +86,19 @@ def ct_from_grey(grey: np.ndarray, study_uid: str, series_uid: str, instance_num
     """
     hounsfield = grey.astype(np.float64) / 255.0 * 400.0 - 160.0
     stored = np.round(hounsfield + 1024).astype(np.int16)
-    ds = _base(CT_IMAGE_STORAGE, "CT", study_uid, series_uid, instance_number, patient_id)
+    ds = _ct(stored, 16, study_uid, series_uid, instance_number, patient_id)
     ds.SeriesNumber = series_number
+    return to_bytes(ds)
+
+
+def _ct(stored: np.ndarray, bits_stored: int, study_uid: str | None, series_uid: str | None, instance_number: int,
+        patient_id: str) -> Dataset:
+    """A chest CT Image Storage dataset of these signed stored values (Hounsfield units + 1024)."""
+    ds = _base(CT_IMAGE_STORAGE, "CT", study_uid, series_uid, instance_number, patient_id)
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 1
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
     ds.BodyPartExamined = "CHEST"
     ds.PixelData = stored.tobytes()
-    return to_bytes(ds)
+    return ds

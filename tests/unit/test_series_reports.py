@@ -11,10 +11,10 @@ from pydicom.uid import generate_uid
 
 from orthanc_ai import series_reports
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR, METADATA_STATUS
-from orthanc_ai.deletion_fence import orthanc_ids
 from orthanc_ai.instance_guards import EchoGuard
 from orthanc_ai.model_card import ModelCard
 from orthanc_ai.orthanc_api import ResourceNotFound
+from orthanc_ai.orthanc_ids import orthanc_ids
 from orthanc_ai.private_tags import ModelResult
 from orthanc_ai.series_reports import SeriesReporter
 from orthanc_ai.tagging import add_results

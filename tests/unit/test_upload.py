@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from orthanc_ai import upload
+from orthanc_ai.orthanc_ids import orthanc_ids_of
 from orthanc_ai.upload import UploadError, parse_upload
 from tests.support.dicom_files import read, synthetic_ct
 
@@ -136,11 +137,11 @@ def test_create_dicom_request_makes_a_secondary_capture():
 
 def test_orthanc_ids():
     # Checked against a real Orthanc in tests/integration/test_explorer_routes.py.
-    identifier = upload.orthanc_instance_id("P", "1.2", "1.2.3", "1.2.3.4")
+    identifier = orthanc_ids_of("P", "1.2", "1.2.3", "1.2.3.4").instance
     assert len(identifier) == 44 and identifier.count("-") == 4
-    assert identifier == upload.orthanc_instance_id(" P ", "1.2", "1.2.3", "1.2.3.4 ")
+    assert identifier == orthanc_ids_of(" P ", "1.2", "1.2.3", "1.2.3.4 ").instance
     dicom = synthetic_ct(seed=1)
     ds = read(dicom)
-    assert upload.dicom_instance_id(dicom) == upload.orthanc_instance_id(
-        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert upload.dicom_instance_id(dicom) == orthanc_ids_of(
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID).instance
     assert upload.dicom_instance_id(b"\0" * 132) is None
