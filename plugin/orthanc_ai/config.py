@@ -28,6 +28,7 @@ GLOBAL_PROPERTY_CHECKPOINT = 4410
 
 
 DELETION_FILTER_CHOICES = ("auto", "always", "never")
+CLAIMS_CHOICES = ("auto", "always", "never")
 
 
 class ConfigurationError(ValueError):
@@ -57,6 +58,13 @@ class PluginConfig:
     deletion_filter: str = "auto"
     # "Outputs": a DICOM Structured Report per analysed series and model (series_reports.py).
     structured_report: bool = True
+    # Claim each instance before predicting it (AIClaim): "auto" where the index is in a database server
+    # several nodes can share (capabilities.py), "always", or "never".
+    claims: str = "auto"
+    # From Orthanc's own configuration: the names of "UserMetadata" and "UserContentType", which an
+    # overwrite would drop and the plugin puts back (overwrite_carryover.py).
+    user_metadata: frozenset[str] = frozenset()
+    user_attachments: frozenset[str] = frozenset()
 
 
 # key in orthanc.json → (attribute, expected type)
@@ -75,6 +83,7 @@ _KEYS: dict[str, tuple[str, type]] = {
     "Routing": ("routing", dict),
     "DeletionFilter": ("deletion_filter", str),
     "Outputs": ("outputs", dict),
+    "Claims": ("claims", str),
     # Read by the entry script before this package is importable.
     "VirtualEnv": ("", str),
 }
@@ -111,9 +120,16 @@ def parse_config(orthanc_configuration: Mapping[str, Any], config_directory: Pat
         values["enabled_models"] = tuple(names)
     if "outputs" in values:
         values["structured_report"] = _parse_outputs(values.pop("outputs"))
+    values["user_metadata"] = _declared_names(orthanc_configuration, "UserMetadata")
+    values["user_attachments"] = _declared_names(orthanc_configuration, "UserContentType")
     config = PluginConfig(**values)
     _check_ranges(config)
     return config
+
+
+def _declared_names(orthanc_configuration: Mapping[str, Any], key: str) -> frozenset[str]:
+    declared = orthanc_configuration.get(key, {})
+    return frozenset(declared) if isinstance(declared, Mapping) else frozenset()
 
 
 OUTPUT_KEYS = ("PrivateTags", "StructuredReport")
@@ -147,6 +163,8 @@ def _check_ranges(config: PluginConfig) -> None:
         raise ConfigurationError(f'"{SECTION}.MaxFileMegabytes" must be at least 1')
     if config.deletion_filter not in DELETION_FILTER_CHOICES:
         raise ConfigurationError(f'"{SECTION}.DeletionFilter" must be one of {", ".join(DELETION_FILTER_CHOICES)}')
+    if config.claims not in CLAIMS_CHOICES:
+        raise ConfigurationError(f'"{SECTION}.Claims" must be one of {", ".join(CLAIMS_CHOICES)}')
     if config.queue_capacity < 1:
         raise ConfigurationError(f'"{SECTION}.QueueCapacity" must be at least 1')
     creator = config.private_creator

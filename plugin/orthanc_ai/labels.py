@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,6 @@ def supports_labels(system: Mapping[str, Any]) -> bool:
 
 
 class LabelApi(Protocol):
-    def system(self) -> dict[str, Any]: ...
-
     def instance_study(self, instance_id: str) -> str: ...
 
     def add_study_label(self, study_id: str, label: str) -> None: ...
@@ -81,16 +79,16 @@ class StudyLabeler:
     """Called by the pipeline after each prediction (``PredictionPipeline.after_prediction``) and by the
     series reporter after each Structured Report (``SeriesReporter.after_report``).
 
-    Whether Orthanc has labels is asked once, at the first use (from a worker
-    thread: the REST API is not called while the plugin loads).
+    ``has_labels`` says whether Orthanc has labels (``OrthancCapabilities.labels``: asked once, at the
+    first use, from a worker thread).
     """
 
-    def __init__(self, api: LabelApi) -> None:
+    def __init__(self, api: LabelApi, has_labels: Callable[[], bool]) -> None:
         self.api = api
-        self.enabled: bool | None = None
+        self.has_labels = has_labels
 
     def __call__(self, outcome: Any) -> None:
-        if outcome.state != "predicted" or not outcome.results or not self._has_labels():
+        if outcome.state != "predicted" or not outcome.results or not self.has_labels():
             return
         study = self.api.instance_study(outcome.instance_id)
         for result in outcome.results:
@@ -98,17 +96,8 @@ class StudyLabeler:
 
     def on_report(self, report_id: str, summary: Any, images: object) -> None:
         """The study gets the series conclusion as a label (e.g. ``ai-lung-ct-3-suspected-Malignant``)."""
-        if not self._has_labels():
+        if not self.has_labels():
             return
         study = self.api.instance_study(report_id)
         conclusion = summary.conclusion
         self.api.add_study_label(study, conclusion_label(summary.model, conclusion.class_name, conclusion.suspected))
-
-    def _has_labels(self) -> bool:
-        if self.enabled is None:
-            system = self.api.system()
-            self.enabled = supports_labels(system)
-            log.info("Orthanc %s %s labels: predicted studies %s ai-<model>-<class> labels",
-                     system.get("Version"), "has" if self.enabled else "has no",
-                     "get" if self.enabled else "do not get")
-        return self.enabled

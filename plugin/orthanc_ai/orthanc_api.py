@@ -41,6 +41,31 @@ class OrthancApi(Protocol):
     def claim_instance(self, instance_id: str, node: str) -> str:
         """Create the AIClaim metadata with this node's name unless it exists; returns the holder."""
 
+    # --- any level ('patients', 'studies', 'series', 'instances'): what an overwrite drops -------------
+    def resource(self, level: str, resource_id: str) -> dict[str, Any]:
+        """GET /{level}/{id}: main DICOM tags, parent and children ids."""
+
+    def metadata(self, level: str, resource_id: str) -> dict[str, str]:
+        """All metadata of a resource, by name (GET /{level}/{id}/metadata?expand)."""
+
+    def set_metadata(self, level: str, resource_id: str, name: str, value: str) -> None:
+        """PUT /{level}/{id}/metadata/{name}; raises MetadataConflict (see there)."""
+
+    def attachment_names(self, level: str, resource_id: str) -> list[str]:
+        """GET /{level}/{id}/attachments."""
+
+    def attachment(self, level: str, resource_id: str, name: str) -> bytes:
+        """The attachment's content, uncompressed (GET /{level}/{id}/attachments/{name}/data)."""
+
+    def put_attachment(self, level: str, resource_id: str, name: str, data: bytes) -> None:
+        """PUT /{level}/{id}/attachments/{name}."""
+
+    def labels(self, level: str, resource_id: str) -> list[str]:
+        """GET /{level}/{id}/labels (Orthanc 1.12 and later)."""
+
+    def add_label(self, level: str, resource_id: str, label: str) -> None:
+        """PUT /{level}/{id}/labels/{label} (Orthanc 1.12 and later)."""
+
     def decode_frame(self, dicom: bytes, frame_index: int) -> np.ndarray:
         """One frame decoded by Orthanc's own decoders: stored values (H, W) or RGB (H, W, 3)."""
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orthanc
 
-from . import labels, rest_api
+from . import rest_api
 from .config import GLOBAL_PROPERTY_CHECKPOINT, METADATA_CLAIM, ConfigurationError, check_orthanc_settings, parse_config
 from .deletion_fence import ANY_RESOURCE
 from .orthanc_api import MetadataConflict, ResourceNotFound
@@ -65,17 +65,47 @@ class OrthancRestApi:
             return False
 
     def instance_metadata(self, instance_id: str) -> dict[str, str]:
-        return json.loads(_call(orthanc.RestApiGet, f"/instances/{instance_id}/metadata?expand"))
+        return self.metadata("instances", instance_id)
 
     def set_instance_metadata(self, instance_id: str, name: str, value: str) -> None:
-        _call(orthanc.RestApiPut, f"/instances/{instance_id}/metadata/{name}", value.encode("utf-8"))
+        self.set_metadata("instances", instance_id, name, value)
 
     def claim_instance(self, instance_id: str, node: str) -> str:
+        # Read first: with "CheckRevisions", Orthanc logs an error for every refused creation, and a
+        # node normally only meets the claims of others when it replays the shared change log.
+        holder = self.instance_metadata(instance_id).get(METADATA_CLAIM)
+        if holder:
+            return holder
         try:
             self.set_instance_metadata(instance_id, METADATA_CLAIM, node)
             return node
         except MetadataConflict:
             return self.instance_metadata(instance_id).get(METADATA_CLAIM, "")
+
+    # --- what an overwrite drops (overwrite_carryover.py) ---------------------------------------------
+    def resource(self, level: str, resource_id: str) -> dict[str, Any]:
+        return json.loads(_call(orthanc.RestApiGet, f"/{level}/{resource_id}"))
+
+    def metadata(self, level: str, resource_id: str) -> dict[str, str]:
+        return json.loads(_call(orthanc.RestApiGet, f"/{level}/{resource_id}/metadata?expand"))
+
+    def set_metadata(self, level: str, resource_id: str, name: str, value: str) -> None:
+        _call(orthanc.RestApiPut, f"/{level}/{resource_id}/metadata/{name}", value.encode("utf-8"))
+
+    def attachment_names(self, level: str, resource_id: str) -> list[str]:
+        return json.loads(_call(orthanc.RestApiGet, f"/{level}/{resource_id}/attachments"))
+
+    def attachment(self, level: str, resource_id: str, name: str) -> bytes:
+        return _call(orthanc.RestApiGet, f"/{level}/{resource_id}/attachments/{name}/data")
+
+    def put_attachment(self, level: str, resource_id: str, name: str, data: bytes) -> None:
+        _call(orthanc.RestApiPut, f"/{level}/{resource_id}/attachments/{name}", data)
+
+    def labels(self, level: str, resource_id: str) -> list[str]:
+        return json.loads(_call(orthanc.RestApiGet, f"/{level}/{resource_id}/labels"))
+
+    def add_label(self, level: str, resource_id: str, label: str) -> None:
+        _call(orthanc.RestApiPut, f"/{level}/{resource_id}/labels/{label}", b"")
 
     def decode_frame(self, dicom: bytes, frame_index: int) -> np.ndarray:
         image = orthanc.DecodeDicomImage(dicom, frame_index)
@@ -124,7 +154,7 @@ class OrthancRestApi:
         return json.loads(_call(orthanc.RestApiGet, f"/instances/{instance_id}/study"))["ID"]
 
     def add_study_label(self, study_id: str, label: str) -> None:
-        _call(orthanc.RestApiPut, f"/studies/{study_id}/labels/{label}", b"")
+        self.add_label("studies", study_id, label)
 
     def start_store_job(self, destination: Destination, instance_id: str) -> str:
         """An asynchronous Orthanc job sending one instance (C-STORE to a modality, or HTTP to a peer)."""
@@ -204,10 +234,6 @@ def register() -> None:
     _register_deletion_filter(_service, config.deletion_filter)
     _register_routes()
     orthanc.ExtendOrthancExplorer(_explorer_javascript())
-    # Labels for Orthanc Explorer 2 where Orthanc has them (1.12+; checked at the first prediction).
-    labeller = labels.StudyLabeler(_service.api)
-    _service.pipeline.after_prediction.append(labeller)
-    _service.reporter.after_report.append(labeller.on_report)
     log.warning(
         "ready: models %s, automatic prediction %s, %d worker(s)",
         ", ".join(_service.registry.models) or "none",

@@ -18,13 +18,15 @@ from datetime import datetime
 import numpy as np
 
 from . import __version__
-from .config import METADATA_CLAIM, METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
+from .capabilities import OrthancCapabilities
+from .config import METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
 from .decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, read_header
 from .deletion_fence import PENDING_SECONDS, DeletedMeanwhile, DeletionFence
 from .inference import LoadedModel
 from .instance_guards import EchoGuard, InstanceLocks
 from .orthanc_api import MetadataConflict, OrthancApi, ResourceNotFound
 from .orthanc_ids import OrthancIds, orthanc_ids
+from .overwrite_carryover import Carryover, CarryoverSettings, read_carryover
 from .private_tags import ModelResult, read_results
 from .registry import ModelRegistry
 from .status import Outcome, PluginStatus
@@ -35,11 +37,6 @@ log = logging.getLogger(__name__)
 SOFTWARE = f"orthanc-ai {__version__}"
 # Orthanc's own metadata that tell where an instance came from.
 PROVENANCE_KEYS = ("Origin", "RemoteAET", "RemoteIP", "CalledAET", "HttpUsername", "ReceptionDate", "TransferSyntax")
-# Metadata Orthanc maintains itself; everything else is user metadata to carry over.
-ORTHANC_METADATA = set(PROVENANCE_KEYS) | {
-    "IndexInSeries", "LastUpdate", "ModifiedFrom", "AnonymizedFrom", "SopClassUid", "PixelDataOffset",
-    "PixelDataVR", "MainDicomTagsSignature", "InstanceAvailability",
-}
 # An instance whose store-back a deletion refused is tried again from the start (read, predict,
 # store) after this pause: by then the deletion has usually run, and the read finds it gone.
 RETRY_AFTER_DELETION_SECONDS = 0.25
@@ -54,9 +51,12 @@ class PredictionPipeline:
         status: PluginStatus,
         echoes: EchoGuard,
         node: str = "Orthanc",
+        capabilities: OrthancCapabilities | None = None,
     ) -> None:
         self.api = api
         self.node = node
+        # Without one (unit tests): an Orthanc with a SQLite index and no labels.
+        self.capabilities = capabilities or OrthancCapabilities(dict, config.claims)
         self.registry = registry
         self.config = config
         self.status = status
@@ -75,15 +75,16 @@ class PredictionPipeline:
         ``models`` None runs the models whose applicability matches; a list runs
         exactly those (raises ``registry.UnknownModel`` before any work).
         ``force`` re-runs models whose current version already left results.
-        ``claim`` (automatic prediction) first claims the instance for this node,
-        so nodes sharing one database never both predict it.
+        ``claim`` (automatic prediction) first claims the instance for this node
+        where several nodes can share the database, so they never both predict it.
         """
         chosen = self.registry.get(models) if models is not None else None
         started = time.monotonic()
         with self.locks.hold(instance_id):
             self.status.set_stage(instance_id, "reading")
             try:
-                holder = self.api.claim_instance(instance_id, self.node) if claim else self.node
+                claimed = claim and self.capabilities.claims
+                holder = self.api.claim_instance(instance_id, self.node) if claimed else self.node
                 if holder != self.node:
                     outcome = Outcome(instance_id, "elsewhere", reason=f"claimed by node {holder}")
                 else:
@@ -140,8 +141,10 @@ class PredictionPipeline:
             return Outcome(instance_id, "unchanged", results=existing)
 
         tagged = add_results(original, self.config.private_creator, SOFTWARE, results)
+        ids = _ids_of(instance, instance_id)
+        carryover = read_carryover(self.api, instance_id, ids, run.metadata, self._carryover_settings())
         self.status.set_stage(instance_id, "storing")
-        self._store_back(instance_id, tagged, run.metadata, run.provenance, ticket, _ids_of(instance, instance_id))
+        self._store_back(instance_id, tagged, carryover, run.provenance, ticket, ids)
         replaced = {r.model for r in results}
         return Outcome(instance_id, "predicted", results=[r for r in existing if r.model not in replaced] + results)
 
@@ -157,7 +160,11 @@ class PredictionPipeline:
         provenance["ReceivedSize"] = size
         return provenance
 
-    def _store_back(self, instance_id: str, tagged: bytes, metadata: dict[str, str], provenance: dict,
+    def _carryover_settings(self) -> CarryoverSettings:
+        return CarryoverSettings(self.config.user_metadata, self.config.user_attachments,
+                                 self.capabilities.labels)
+
+    def _store_back(self, instance_id: str, tagged: bytes, carryover: Carryover, provenance: dict,
                     ticket: float, ids: OrthancIds | None) -> None:
         """Replace the stored file by the tagged copy, unless the instance was deleted since ``ticket``."""
         with self.fence.store_back(ticket, ids, instance_id):
@@ -177,9 +184,7 @@ class PredictionPipeline:
         if answer.get("ID") != instance_id:
             # Same bytes but for our block, so same UIDs: this would be an Orthanc bug.
             raise RuntimeError(f"tagged instance was stored as {answer.get('ID')}, not {instance_id}")
-        for name, value in metadata.items():
-            if name not in ORTHANC_METADATA and name not in (METADATA_STATUS, METADATA_PROVENANCE, METADATA_CLAIM):
-                self.api.set_instance_metadata(instance_id, name, value)
+        carryover.restore(self.api)
         self.api.set_instance_metadata(instance_id, METADATA_PROVENANCE, json.dumps(provenance, sort_keys=True))
 
     def _record(self, outcome: Outcome) -> None:
@@ -193,26 +198,31 @@ class PredictionPipeline:
                     log.exception("After-prediction hook failed for instance %s", outcome.instance_id)
         elif outcome.state in ("skipped", "failed"):
             log.warning("Instance %s %s: %s", outcome.instance_id, outcome.state, outcome.reason)
-        if outcome.state in ("gone", "elsewhere"):
+        if outcome.state not in ("predicted", "unchanged"):
+            # Skipped, failed, gone or another node's: Orthanc is left exactly as it was (no metadata, no
+            # change in /changes). The outcome is counted and remembered in memory (status.py).
             return
-        # "unchanged" (results of these model versions already there) is recorded too: after a
-        # crash between re-store and this record, the replay marks the instance here.
-        record = {
-            "state": "predicted" if outcome.state == "unchanged" else outcome.state,
-            "reason": outcome.reason,
-            "models": {r.model: r.version for r in outcome.results},
-            # Top class per model, so /ai/find answers from metadata without reading files.
-            "results": {r.model: [r.top_class, round(r.top_probability, 6)] for r in outcome.results},
-            "at": datetime.now().astimezone().isoformat(timespec="seconds"),
-        }
         try:
-            self.api.set_instance_metadata(outcome.instance_id, METADATA_STATUS, json.dumps(record))
+            if outcome.state == "unchanged" and METADATA_STATUS in self.api.instance_metadata(outcome.instance_id):
+                return  # already recorded: only an instance tagged right before a crash lacks its status
+            self.api.set_instance_metadata(outcome.instance_id, METADATA_STATUS, json.dumps(_status_record(outcome)))
         except MetadataConflict:
-            # "CheckRevisions" on (several nodes): an existing status is never rewritten, and an
-            # instance that is predicted again gets a fresh one through the overwrite.
+            # Another node recorded it between our read and our write ("CheckRevisions" on): theirs stands.
             log.debug("Status of instance %s already recorded", outcome.instance_id)
         except Exception as error:  # the instance may have been deleted meanwhile
             log.warning("Cannot record the status of instance %s: %s", outcome.instance_id, error)
+
+
+def _status_record(outcome: Outcome) -> dict:
+    """The ``AIStatus`` metadata of a predicted instance (freshly created: the store-back reset its metadata)."""
+    return {
+        "state": "predicted",
+        "reason": outcome.reason,
+        "models": {r.model: r.version for r in outcome.results},
+        # Top class per model, so /ai/find answers from metadata without reading files.
+        "results": {r.model: [r.top_class, round(r.top_probability, 6)] for r in outcome.results},
+        "at": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
 
 
 class _ModelRun:

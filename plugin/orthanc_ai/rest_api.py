@@ -123,12 +123,7 @@ def instance_predictions(service: PluginService, instance_id: str) -> Response:
     dicom = service.api.instance_file(instance_id)
     metadata = service.api.instance_metadata(instance_id)
     results = stored_results(dicom, service.config.private_creator)
-    status: dict | None = None
-    if METADATA_STATUS in metadata:
-        try:
-            status = json.loads(metadata[METADATA_STATUS])
-        except ValueError:
-            status = {"state": "unknown", "reason": "unreadable AIStatus metadata"}
+    status = _status_of(service, instance_id, metadata)
     return 200, {"instance": instance_id, "status": status, "predictions": [r.to_json() for r in results]}
 
 
@@ -180,7 +175,7 @@ def children_predictions(service: PluginService, level: str, resource_id: str) -
                 "instance": instance_id,
                 "seriesNumber": numbers[0],
                 "instanceNumber": numbers[1],
-                "status": _status_of(metadata),
+                "status": _status_of(service, instance_id, metadata),
                 "predictions": [
                     {
                         "model": r.model, "version": r.version, "topClass": r.top_class,
@@ -244,9 +239,10 @@ def upload_file(service: PluginService, body: bytes) -> Response:
     }
 
 
-def _status_of(metadata: dict[str, str]) -> dict | None:
+def _status_of(service: PluginService, instance_id: str, metadata: dict[str, str]) -> dict | None:
+    """The last outcome: ``AIStatus`` of a predicted instance, else a skip or failure since start-up."""
     if METADATA_STATUS not in metadata:
-        return None
+        return service.status.unwritten_outcome(instance_id)
     try:
         return json.loads(metadata[METADATA_STATUS])
     except ValueError:
@@ -326,7 +322,7 @@ def find_by_result(service: PluginService, query: dict[str, str]) -> Response:
         raise BadRequest('"minProbability" must be a number') from error
     matches = []
     for instance in service.api.list_instances():
-        status = _status_of(service.api.instance_metadata(instance["ID"])) or {}
+        status = _status_of(service, instance["ID"], service.api.instance_metadata(instance["ID"])) or {}
         top = (status.get("results") or {}).get(model)
         if top and (wanted is None or top[0] == wanted) and top[1] >= minimum:
             matches.append({"instance": instance["ID"], "series": instance["ParentSeries"],

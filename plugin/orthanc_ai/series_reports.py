@@ -83,8 +83,11 @@ class ReportOutcome:
 
 class SeriesReporter:
     def __init__(self, api: ReportApi, registry: ModelRegistry, private_creator: str, echoes: EchoGuard,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 unwritten_outcome: Callable[[str], object | None] = lambda instance_id: None) -> None:
         self.api = api
+        # The outcome of an image the plugin did not predict (it writes nothing there): PluginStatus's memory.
+        self.unwritten_outcome = unwritten_outcome
         self.registry = registry
         self.private_creator = private_creator
         self.echoes = echoes
@@ -175,9 +178,12 @@ class SeriesReporter:
             return ReportOutcome(series_id, "not reported", f"{modality} series are not reported on")
         # The metadata first: a series still being predicted is looked at every few seconds, its files
         # are read only once it is complete.
-        waiting = self.without_outcome(series["Instances"]) if require_complete else 0
-        if waiting:
-            return ReportOutcome(series_id, "incomplete", f"{waiting} image(s) without an outcome")
+        if require_complete:
+            recorded, waiting = self.outcomes(series["Instances"])
+            if waiting:
+                return ReportOutcome(series_id, "incomplete", f"{waiting} image(s) without an outcome")
+            if not recorded:  # every image skipped or failed: no file needs reading
+                return ReportOutcome(series_id, "not analysed", "no image of the series was predicted")
         images = self.read_series(series["Instances"])
         if not images.analysed:
             return ReportOutcome(series_id, "not analysed", "no image of the series has results")
@@ -189,15 +195,19 @@ class SeriesReporter:
                 outcome.state = "written"
         return outcome
 
-    def without_outcome(self, instance_ids: Sequence[str]) -> int:
-        """How many of the images have no ``AIStatus`` yet (still queued or being predicted)."""
-        waiting = 0
+    def outcomes(self, instance_ids: Sequence[str]) -> tuple[int, int]:
+        """How many of the images were predicted (``AIStatus``), and how many have no outcome yet (still
+        queued or being predicted: neither ``AIStatus`` nor a skip or failure remembered since start-up)."""
+        recorded = waiting = 0
         for instance_id in instance_ids:
             try:
-                waiting += METADATA_STATUS not in self.api.instance_metadata(instance_id)
+                if METADATA_STATUS in self.api.instance_metadata(instance_id):
+                    recorded += 1
+                elif self.unwritten_outcome(instance_id) is None:
+                    waiting += 1
             except ResourceNotFound:
                 continue  # deleted meanwhile: no longer part of the series
-        return waiting
+        return recorded, waiting
 
     def read_series(self, instance_ids: Sequence[str]) -> SeriesImages:
         """Headers and results of the series' images, read from their files (the private tags)."""
@@ -268,7 +278,7 @@ class SeriesReporter:
 def summary_json(reporter: SeriesReporter, series_id: str, instance_ids: Sequence[str]) -> dict[str, Any]:
     """``GET /ai/series/{id}/summary``: each model's summary, and the SR that reports it if it exists."""
     images = reporter.read_series(instance_ids)
-    waiting = reporter.without_outcome(instance_ids)
+    _, waiting = reporter.outcomes(instance_ids)
     models = []
     for model, summary in reporter.summaries(images).items():
         _, report_id = reporter.report_ids(model, summary, images.headers)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from .capabilities import OrthancCapabilities
 from .config import PluginConfig
 from .forwarding import Forwarder
 from .instance_guards import EchoGuard
+from .labels import StudyLabeler
 from .orthanc_api import OrthancApi
 from .pipeline import PredictionPipeline
 from .recovery import BacklogRecovery
@@ -37,7 +39,8 @@ class PluginService:
         policy = parse_routing(config.routing, list(registry.models))
         status = PluginStatus()
         echoes = EchoGuard()
-        pipeline = PredictionPipeline(api, registry, config, status, echoes, node)
+        capabilities = OrthancCapabilities(api.system, config.claims)
+        pipeline = PredictionPipeline(api, registry, config, status, echoes, node, capabilities)
         work_queue = PredictionQueue(
             lambda instance_id: pipeline.process(instance_id, claim=True),
             echoes, status, config.workers, config.queue_capacity, config.worker_niceness,
@@ -46,13 +49,18 @@ class PluginService:
             api, node, work_queue.submit, lambda: work_queue.length == 0 and work_queue.in_progress == 0
         )
         forwarder = Forwarder(api, policy, pipeline.locks)
-        reporter = SeriesReporter(api, registry, config.private_creator, echoes)
+        reporter = SeriesReporter(api, registry, config.private_creator, echoes,
+                                  unwritten_outcome=status.unwritten_outcome)
         if policy.rules:
             pipeline.after_prediction.append(
                 lambda outcome: forwarder.route(outcome.instance_id, decide(policy, outcome.results))
             )
             reporter.after_report.append(
                 lambda report_id, summary, images: forwarder.route(report_id, decide_for_report(policy, images)))
+        # Labels for Orthanc Explorer 2 where Orthanc has them (1.12+; asked at the first prediction).
+        labeller = StudyLabeler(api, lambda: capabilities.labels)
+        pipeline.after_prediction.append(labeller)
+        reporter.after_report.append(labeller.on_report)
         if not registry.models:
             log.error("No model could be loaded from %s: nothing will be predicted", config.models_directory)
         return cls(config, api, registry, status, pipeline, work_queue, recovery, forwarder, reporter)

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 LATENCY_WINDOW = 1000
 RECENT_PROBLEMS = 50
+# Instances not predicted get no write in Orthanc (no metadata, no change): their outcome is remembered
+# here instead, for the series reports and the Explorer, for this many instances (about 20 MB at most).
+REMEMBERED_OUTCOMES = 100_000
+NOT_WRITTEN_STATES = ("skipped", "failed")
 
 
 @dataclass
@@ -41,6 +45,7 @@ class PluginStatus:
         self._recent_problems: deque[dict[str, str]] = deque(maxlen=RECENT_PROBLEMS)
         self._stages: dict[str, str] = {}  # instance id → what the pipeline is doing with it
         self._deletion_requests: Counter[str] = Counter()  # by the stages they found the pipeline at
+        self._not_written: OrderedDict[str, dict[str, str]] = OrderedDict()  # instance id → state, reason
         self.echoes_ignored = 0
         self.dropped = 0
 
@@ -57,11 +62,24 @@ class PluginStatus:
             self._states[outcome.state] += 1
             if outcome.state == "predicted":
                 self._latencies.append(outcome.seconds)
-            if outcome.state in ("skipped", "failed"):
+            if outcome.state in NOT_WRITTEN_STATES:
+                self._not_written[outcome.instance_id] = {"state": outcome.state, "reason": outcome.reason or ""}
+                self._not_written.move_to_end(outcome.instance_id)
+                if len(self._not_written) > REMEMBERED_OUTCOMES:
+                    self._not_written.popitem(last=False)
+            else:
+                self._not_written.pop(outcome.instance_id, None)
+            if outcome.state in NOT_WRITTEN_STATES:
                 self._skip_reasons[f"{outcome.state}: {reason_category(outcome.reason or '')}"] += 1
                 self._recent_problems.append(
                     {"instance": outcome.instance_id, "state": outcome.state, "reason": outcome.reason or ""}
                 )
+
+    def unwritten_outcome(self, instance_id: str) -> dict[str, str] | None:
+        """The last outcome of an instance the plugin did not predict (skipped or failed), since start-up."""
+        with self._lock:
+            outcome = self._not_written.get(instance_id)
+            return dict(outcome) if outcome else None
 
     def record_deletion_request(self, queued: bool) -> None:
         """A deletion request arrived (deletion filter): count it under each stage instances are at."""

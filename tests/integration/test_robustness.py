@@ -31,19 +31,22 @@ def test_every_robustness_file_is_predicted_or_skipped_and_none_lost(orthanc):
             refused.append(path.name)  # Orthanc itself refuses some (e.g. DICOMDIR, no SOP UID)
         assert orthanc.alive, f"Orthanc died after {path}:\n{orthanc.log_tail()}"
 
-    orthanc.wait_until(
-        lambda: all("AIStatus" in orthanc.get(f"/instances/{i}/metadata") for i in accepted), 300,
-        "an AIStatus on every instance",
-    )
+    def outcome(instance_id: str) -> dict | None:
+        return orthanc.get(f"/ai/instances/{instance_id}/predictions")["status"]
+
+    orthanc.wait_until(lambda: all(outcome(i) for i in accepted), 300, "an outcome for every instance")
     assert orthanc.alive
     states: dict[str, list[str]] = {"predicted": [], "skipped": [], "failed": []}
     for instance_id, name in accepted.items():
-        status = json.loads(orthanc.get_bytes(f"/instances/{instance_id}/metadata/AIStatus"))
+        status = outcome(instance_id)
+        assert status is not None
         states[status["state"]].append(f"{name}: {status['reason']}")
         assert status["state"] != "skipped" or status["reason"], name
         if status["state"] != "predicted":
-            # Skipped or failed: the original is untouched, byte for byte.
+            # Skipped or failed: the original is untouched, byte for byte, and nothing was written to
+            # Orthanc about it (no metadata of the plugin's, no change in the log but its arrival).
             assert orthanc.get_bytes(f"/instances/{instance_id}/file") == originals[instance_id], name
+            assert not [m for m in orthanc.get(f"/instances/{instance_id}/metadata") if m.startswith("AI")], name
         else:
             stored = read(orthanc.get_bytes(f"/instances/{instance_id}/file"))
             assert read_results(stored, DEFAULT_PRIVATE_CREATOR), name

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from orthanc_ai.capabilities import OrthancCapabilities
 from orthanc_ai.labels import StudyLabeler, is_valid_label, label_for, supports_labels
 
 
@@ -82,7 +83,8 @@ def outcome(state="predicted"):
 
 def test_labeler_labels_the_study_once_orthanc_has_labels():
     api = FakeApi("1.12.1")
-    labeler = StudyLabeler(api)
+    capabilities = OrthancCapabilities(api.system)
+    labeler = StudyLabeler(api, lambda: capabilities.labels)
     labeler(outcome())
     labeler(outcome("skipped"))
     labeler(outcome())
@@ -92,7 +94,8 @@ def test_labeler_labels_the_study_once_orthanc_has_labels():
 
 def test_labeler_does_nothing_on_orthanc_1_10():
     api = FakeApi("1.10.1")
-    labeler = StudyLabeler(api)
+    capabilities = OrthancCapabilities(api.system)
+    labeler = StudyLabeler(api, lambda: capabilities.labels)
     labeler(outcome())
     labeler(outcome())
     assert api.labels == [] and api.system_calls == 1

@@ -95,9 +95,15 @@ def orthanc() -> MemoryOrthanc:
 
 
 @pytest.fixture
-def reporter(orthanc: MemoryOrthanc) -> SeriesReporter:
+def unwritten() -> dict[str, dict[str, str]]:
+    """Skips and failures the plugin remembers (it writes nothing into instances it does not predict)."""
+    return {}
+
+
+@pytest.fixture
+def reporter(orthanc: MemoryOrthanc, unwritten: dict[str, dict[str, str]]) -> SeriesReporter:
     registry: Any = SimpleNamespace(models={CARD.name: SimpleNamespace(card=CARD)})
-    return SeriesReporter(orthanc, registry, DEFAULT_PRIVATE_CREATOR, EchoGuard())
+    return SeriesReporter(orthanc, registry, DEFAULT_PRIVATE_CREATOR, EchoGuard(), unwritten_outcome=unwritten.get)
 
 
 def test_writes_once_and_not_again_for_the_same_results(orthanc, reporter):
@@ -145,7 +151,15 @@ def test_sr_series_and_unanalysed_series_are_left_alone(orthanc, reporter):
     assert reporter.report("no-such-series").state == "gone"
 
 
-def test_a_stable_series_is_retried_until_its_images_have_outcomes(orthanc, reporter, monkeypatch):
+def test_a_series_whose_images_were_all_skipped_is_not_read(orthanc, reporter, unwritten, monkeypatch):
+    plain = [orthanc.add(synthetic_ct(seed=90 + n, study_uid="1.2.9", series_uid="1.2.9.1")) for n in range(3)]
+    unwritten.update({instance_id: {"state": "skipped", "reason": "no model applies"} for instance_id in plain})
+    monkeypatch.setattr(orthanc, "instance_file", lambda instance_id: pytest.fail("a skipped image was read"))
+    outcome = reporter.report(orthanc.series_of[plain[0]], require_complete=True)
+    assert outcome.state == "not analysed" and orthanc.stored == []
+
+
+def test_a_stable_series_is_retried_until_its_images_have_outcomes(orthanc, reporter, unwritten, monkeypatch):
     monkeypatch.setattr(series_reports, "RETRY_SECONDS", 0.05)
     series_id = predicted_series(orthanc, 2, with_status=1)
     reporter.start()
@@ -154,7 +168,7 @@ def test_a_stable_series_is_retried_until_its_images_have_outcomes(orthanc, repo
         time.sleep(0.3)
         assert orthanc.stored == [] and reporter.pending == 1
         last = orthanc.series(series_id)["Instances"][-1]
-        orthanc.metadata[last][METADATA_STATUS] = '{"state": "failed"}'
+        unwritten[last] = {"state": "failed", "reason": "RuntimeError: boom"}
         deadline = time.monotonic() + 5
         # Wait for the outcome, not for the store: the SR is stored before the outcome is counted.
         while "written" not in reporter.counts and time.monotonic() < deadline:
