@@ -44,6 +44,11 @@ class OrthancCapabilities:
         return supports_labels(self._ask())
 
     @property
+    def check_revisions(self) -> bool:
+        """Orthanc's ``"CheckRevisions"``: an existing metadata cannot be changed through the plugin SDK."""
+        return bool(self._ask().get("CheckRevisions", False))
+
+    @property
     def claims(self) -> bool:
         """Whether a worker claims an instance before predicting it: only where several nodes can share
         the database (``"Claims": "auto"``), so a single node writes no claim at all."""

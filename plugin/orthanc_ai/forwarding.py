@@ -4,9 +4,17 @@ Each (instance, rule, destination) becomes one asynchronous Orthanc store job
 (``POST /modalities/{name}/store`` or ``/peers/{name}/store``), so a slow or
 unreachable destination never blocks the plugin: a failed job is retried with
 exponential back-off up to ``MaxAttempts``, then reported with Orthanc's
-reason. A send that succeeded is recorded in the instance's ``AIRouting``
-metadata, so the instance is not sent there again when it is predicted again,
-unless a resend is asked for.
+reason. Once every send of an instance has finished, the outcomes are recorded
+in the instance's ``AIRouting`` metadata (one write: with "CheckRevisions" on,
+Orthanc's plugin SDK can create a metadata but not change it), so the instance
+is not sent there again when it is predicted again, unless a resend is asked for.
+
+Sends live in memory; after a crash or a stop with sends queued, the change-log
+replay (recovery.py) routes again every predicted instance since its checkpoint,
+which does not move while sends are on their way, and ``AIRouting`` keeps what
+was already delivered from being sent twice. At a clean stop the running jobs
+are cancelled, so that Orthanc, which saves unfinished jobs and resumes them at
+its next start, does not send them a second time beside the replay.
 """
 from __future__ import annotations
 
@@ -20,9 +28,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .background import BackgroundTask
+from .capabilities import OrthancCapabilities
 from .config import METADATA_ROUTING
 from .instance_guards import InstanceLocks
-from .labels import supports_labels
 from .orthanc_api import MetadataConflict
 from .routing import Destination, RoutingDecision, RoutingPolicy
 
@@ -35,9 +43,9 @@ AUDIT_ENTRIES = 10_000
 class ForwardingApi(Protocol):
     def start_store_job(self, destination: Destination, instance_id: str) -> str: ...
     def job_state(self, job_id: str) -> tuple[str, str]: ...
+    def cancel_job(self, job_id: str) -> None: ...
     def instance_metadata(self, instance_id: str) -> dict[str, str]: ...
     def set_instance_metadata(self, instance_id: str, name: str, value: str) -> None: ...
-    def system(self) -> dict[str, Any]: ...
     def instance_study(self, instance_id: str) -> str: ...
     def add_study_label(self, study_id: str, label: str) -> None: ...
 
@@ -62,10 +70,12 @@ class Send:
 class Forwarder(BackgroundTask):
     thread_name = "orthanc-ai-forwarder"
 
-    def __init__(self, api: ForwardingApi, policy: RoutingPolicy, locks: InstanceLocks | None = None) -> None:
+    def __init__(self, api: ForwardingApi, policy: RoutingPolicy, locks: InstanceLocks | None = None,
+                 capabilities: OrthancCapabilities | None = None) -> None:
         super().__init__()
         self.api = api
         self.policy = policy
+        self.capabilities = capabilities or OrthancCapabilities(dict)
         # The pipeline's per-instance locks: the routing record is never written while the
         # instance is being re-stored (the overwrite would drop it).
         self._instance_locks = locks or InstanceLocks()
@@ -73,7 +83,7 @@ class Forwarder(BackgroundTask):
         self._active: dict[tuple[str, str], Send] = {}
         self._audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_ENTRIES)
         self._counts: Counter[str] = Counter()
-        self._has_labels: bool | None = None
+        self._finished: dict[str, list[Send]] = {}  # instance → its sends finished while others still run
 
     # --- decisions in ----------------------------------------------------
     def route(self, instance_id: str, decisions: list[RoutingDecision], resend: bool = False) -> list[dict[str, Any]]:
@@ -101,12 +111,16 @@ class Forwarder(BackgroundTask):
         return entries
 
     def _label(self, instance_id: str, label: str) -> str:
-        if self._has_labels is None:
-            self._has_labels = supports_labels(self.api.system())
-        if not self._has_labels:
+        if not self.capabilities.labels:
             return "not labelled: this Orthanc has no labels (1.12 and later)"
         self.api.add_study_label(self.api.instance_study(instance_id), label)
         return "labelled"
+
+    @property
+    def idle(self) -> bool:
+        """No send queued, waiting for a retry or running (the replay checkpoint may move)."""
+        with self._lock:
+            return not self._active
 
     # --- the sending thread -------------------------------------------------
     def _run(self) -> None:
@@ -115,6 +129,23 @@ class Forwarder(BackgroundTask):
                 self.step()
             except Exception:
                 log.exception("Forwarding step failed")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        self.cancel_running_jobs()
+
+    def cancel_running_jobs(self) -> None:
+        """Orthanc stopping: cancel our running jobs, which it would otherwise save and resume at its next
+        start while the replay sends the same instances again."""
+        with self._lock:
+            running = [send for send in self._active.values() if send.state == "running" and send.job]
+        for send in running:
+            try:
+                self.api.cancel_job(str(send.job))
+            except Exception as error:  # it may have finished meanwhile
+                log.debug("Job %s not cancelled: %s", send.job, error)
+        if running:
+            log.warning("Orthanc stopping: %d send(s) interrupted, resumed after the restart", len(running))
 
     def step(self, now: float | None = None) -> None:
         """Start due sends and collect finished jobs (one pass; the thread calls it repeatedly)."""
@@ -165,22 +196,35 @@ class Forwarder(BackgroundTask):
         with self._lock:
             self._active.pop((send.instance_id, send.key), None)
             self._counts[state] += 1
+            finished = self._finished.setdefault(send.instance_id, [])
+            finished.append(send)
+            last = not any(instance_id == send.instance_id for instance_id, _ in self._active)
+            if last:
+                del self._finished[send.instance_id]
         self._audit_entry(send.instance_id, send.decision, str(send.destination), state, send=send)
         if state == "failed":
             log.error("Instance %s not sent to %s after %d attempts: %s", send.instance_id, send.destination,
                       send.attempts, reason)
+        if not last:
+            return  # recorded with the instance's last send
         try:
             with self._instance_locks.hold(send.instance_id):
-                self._record(send)
+                self._record(send.instance_id, finished)
         except (LookupError, MetadataConflict) as error:
             log.warning("Routing record of instance %s not written: %s", send.instance_id, error)
 
-    def _record(self, send: Send) -> None:
-        metadata = self.api.instance_metadata(send.instance_id)
+    def _record(self, instance_id: str, sends: list[Send]) -> None:
+        metadata = self.api.instance_metadata(instance_id)
+        if METADATA_ROUTING in metadata and self.capabilities.check_revisions:
+            # The SDK cannot send the revision Orthanc asks for: a second write would only be refused.
+            log.warning("Routing record of instance %s not updated (\"CheckRevisions\" on): %s", instance_id,
+                        ", ".join(f"{send.key} {send.state}" for send in sends))
+            return
         record = routing_record(metadata)
-        record[send.key] = {"state": send.state, "attempts": send.attempts, "reason": send.reason,
-                            "at": datetime.now().astimezone().isoformat(timespec="seconds")}
-        self.api.set_instance_metadata(send.instance_id, METADATA_ROUTING, json.dumps(record, sort_keys=True))
+        for send in sends:
+            record[send.key] = {"state": send.state, "attempts": send.attempts, "reason": send.reason,
+                                "at": datetime.now().astimezone().isoformat(timespec="seconds")}
+        self.api.set_instance_metadata(instance_id, METADATA_ROUTING, json.dumps(record, sort_keys=True))
 
     # --- audit and status ---------------------------------------------------
     def _audit_entry(self, instance_id: str, decision: RoutingDecision, target: str, outcome: str,

@@ -121,3 +121,6 @@ class OrthancApi(Protocol):
 
     def job_state(self, job_id: str) -> tuple[str, str]:
         """State of an Orthanc job (GET /jobs/{id}) and its error description, if any."""
+
+    def cancel_job(self, job_id: str) -> None:
+        """POST /jobs/{id}/cancel."""

@@ -166,6 +166,9 @@ class OrthancRestApi:
         job = json.loads(_call(orthanc.RestApiGet, f"/jobs/{job_id}"))
         return str(job.get("State", "")), str(job.get("ErrorDescription", "") or job.get("ErrorDetails", ""))
 
+    def cancel_job(self, job_id: str) -> None:
+        _call(orthanc.RestApiPost, f"/jobs/{job_id}/cancel", b"")
+
     def list_instances(self) -> list[dict[str, Any]]:
         return json.loads(_call(orthanc.RestApiGet, "/instances?expand"))
 

@@ -13,8 +13,12 @@ On the very first start there is no checkpoint: the plugin starts from the
 current end of the log rather than classifying the whole existing archive
 (use the REST API for that).
 
-The checkpoint only moves forward after the queue has been idle for a whole
-period, so every event up to it has been delivered and processed.
+The checkpoint only moves forward after the queue (and the forwarder) has been
+idle for a whole period, so every event up to it has been delivered and
+processed, and every send it led to has finished. With routing rules, the replay
+also routes again each predicted instance since the checkpoint: the sends that
+were queued or running when Orthanc died start again, while those recorded as
+sent in ``AIRouting`` are not repeated (forwarding.py).
 """
 from __future__ import annotations
 
@@ -44,13 +48,15 @@ class BacklogRecovery(BackgroundTask):
     thread_name = "orthanc-ai-recovery"
 
     def __init__(self, api: ChangeLog, node: str, submit: Callable[[str], bool],
-                 is_idle: Callable[[], bool]) -> None:
+                 is_idle: Callable[[], bool], route_again: Callable[[str], object] | None = None) -> None:
         super().__init__()
         self.api = api
         self.node = node
         self.submit = submit
         self.is_idle = is_idle
+        self.route_again = route_again
         self.recovered = 0
+        self.routed_again = 0
 
     def _run(self) -> None:
         try:
@@ -82,16 +88,25 @@ class BacklogRecovery(BackgroundTask):
             if page.get("Done", True) or page.get("Last", since) <= since:
                 break
             since = page["Last"]
-        queued = 0
+        queued = routed = 0
         for instance_id in candidates:
             try:
-                if METADATA_STATUS not in self.api.instance_metadata(instance_id):
+                metadata = self.api.instance_metadata(instance_id)
+                if METADATA_STATUS not in metadata:
                     queued += self.submit(instance_id)
+                elif self.route_again is not None:
+                    self.route_again(instance_id)
+                    routed += 1
             except LookupError:
                 continue  # deleted since
-        self.recovered = queued
+            except Exception:  # one unreadable instance must not stop the replay of the others
+                log.exception("Replay of instance %s failed", instance_id)
+        self.recovered, self.routed_again = queued, routed
         if queued:
             log.warning("Recovered %d instance(s) stored since change %d without a prediction", queued, checkpoint)
+        if routed:
+            log.warning("Routed %d predicted instance(s) since change %d again (sends already made are not "
+                        "repeated)", routed, checkpoint)
         return queued
 
     def _advance(self, pending_mark: int | None) -> int | None:

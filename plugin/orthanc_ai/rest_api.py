@@ -45,6 +45,7 @@ def plugin_status(service: PluginService) -> Response:
             "queueLength": service.queue.length,
             "inProgress": service.queue.in_progress,
             "recoveredAtStartup": service.recovery.recovered,
+            "routedAgainAtStartup": service.recovery.routed_again,
             "routing": service.forwarder.status(),
             "deletions": {
                 "httpFilter": service.pipeline.fence.filter_installed,

@@ -16,6 +16,7 @@ from .registry import ModelRegistry
 from .routing import check_destinations, decide, decide_for_report, parse_routing
 from .series_reports import SeriesReporter
 from .status import PluginStatus
+from .tagging import stored_results
 from .work_queue import PredictionQueue
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,17 @@ class PluginService:
             lambda instance_id: pipeline.process(instance_id, claim=True),
             echoes, status, config.workers, config.queue_capacity, config.worker_niceness,
         )
+        forwarder = Forwarder(api, policy, pipeline.locks, capabilities)
+
+        def route_again(instance_id: str) -> None:
+            results = stored_results(api.instance_file(instance_id), config.private_creator)
+            forwarder.route(instance_id, decide(policy, results))
+
         recovery = BacklogRecovery(
-            api, node, work_queue.submit, lambda: work_queue.length == 0 and work_queue.in_progress == 0
+            api, node, work_queue.submit,
+            lambda: work_queue.length == 0 and work_queue.in_progress == 0 and forwarder.idle,
+            route_again if policy.rules else None,
         )
-        forwarder = Forwarder(api, policy, pipeline.locks)
         reporter = SeriesReporter(api, registry, config.private_creator, echoes,
                                   unwritten_outcome=status.unwritten_outcome)
         if policy.rules:

@@ -142,6 +142,44 @@ def test_destination_down_during_a_burst_gets_everything_exactly_once(site):
           f"status {main.status()['routing']}")
 
 
+@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
+def test_sends_queued_when_orthanc_stops_are_delivered_once_after_the_restart(tmp_path_factory, router_models, stop):
+    """Orthanc killed (or stopped) while its sends wait for a destination that is down: after the restart
+    every instance reaches the destination, each exactly once."""
+    destination = OrthancProcess(tmp_path_factory.mktemp("late"), Path("/nonexistent"),
+                                 {"Plugins": [], "DicomAet": "LATEAI", "Name": "LATEAI"})
+    rules = {"Rules": [{"Name": "chest-films", "Model": ROUTER, "Classes": ["chest"], "Forward": ["late-ai"]}],
+             "MaxAttempts": 1000, "RetryDelaySeconds": 0.3, "MaxRetryDelaySeconds": 1.0}
+    main = OrthancProcess(tmp_path_factory.mktemp("main"), router_models, {
+        "DicomModalities": {"late-ai": ["LATEAI", "127.0.0.1", destination.dicom_port]},
+    }, {"Routing": rules, "EnabledModels": [ROUTER]}).start()
+    try:
+        main.wait_until(lambda: main.status()["queueLength"] == 0, 10, "start-up")
+        time.sleep(6)  # the first checkpoint (a first start begins at the end of the change log)
+        burst = [main.store_http(radiograph(230 + n % 20, "DX"))["ID"] for n in range(20)]
+        main.wait_until(lambda: main.status()["predicted"] == 20 and main.status()["routing"]["retries"] >= 20,
+                        60, "every send to fail once")
+        assert main.status()["routing"]["inFlight"] == 20
+        if stop == "kill -9":
+            main.kill()
+        else:
+            assert main.stop() == 0
+        destination.start()
+        main.start()
+        main.wait_until(lambda: set(burst) <= set(destination.get("/instances")), 120, "the burst to arrive")
+        main.wait_until(lambda: main.status()["routing"]["inFlight"] == 0, 60, "no send in flight")
+        time.sleep(2)  # a duplicate would arrive now
+        received = [c["ID"] for c in destination.get("/changes?limit=1000")["Changes"]
+                    if c["ChangeType"] == "NewInstance"]
+        assert sorted(received) == sorted(burst), "each instance received exactly once"
+        assert main.status()["routedAgainAtStartup"] == 20
+        for instance_id in burst:
+            record = json.loads(main.get_bytes(f"/instances/{instance_id}/metadata/AIRouting"))
+            assert record["chest-films|modality:late-ai"]["state"] == "sent", record
+    finally:
+        stop_all([main, destination])
+
+
 def test_find_by_result(site):
     main, _, _ = site
     answer = main.get(f"/ai/find?model={ROUTER}&class=spine&minProbability=0.5")

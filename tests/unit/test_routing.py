@@ -2,10 +2,12 @@
 tests/integration/test_router.py)."""
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
 
+from orthanc_ai.capabilities import OrthancCapabilities
 from orthanc_ai.forwarding import Forwarder
 from orthanc_ai.private_tags import ModelResult
 from orthanc_ai.routing import Destination, RoutingRuleError, check_destinations, decide, parse_routing
@@ -62,7 +64,9 @@ class FakeJobs:
     def __init__(self, outcomes):
         self.outcomes = list(outcomes)  # job states to hand out, in order
         self.started = []
+        self.cancelled = []
         self.metadata = {}
+        self.writes = 0
 
     def start_store_job(self, destination, instance_id):
         self.started.append((str(destination), instance_id))
@@ -71,20 +75,24 @@ class FakeJobs:
     def job_state(self, job_id):
         return self.outcomes.pop(0), "connection refused"
 
+    def cancel_job(self, job_id):
+        self.cancelled.append(job_id)
+
     def instance_metadata(self, instance_id):
         return dict(self.metadata)
 
     def set_instance_metadata(self, instance_id, name, value):
         self.metadata[name] = value
+        self.writes += 1
 
     def system(self):
-        return {"Version": "1.10.1"}
+        return {"Version": "1.10.1", "CheckRevisions": True}
 
 
 def test_failed_send_is_retried_with_back_off_then_reported():
     api = FakeJobs(["Failure", "Failure", "Failure"])
     policy = parse_routing({**RULES, "Rules": RULES["Rules"][:1]}, ["router"])
-    forwarder = Forwarder(api, policy)
+    forwarder = Forwarder(api, policy, capabilities=OrthancCapabilities(api.system))
     entries = forwarder.route("i1", decide(policy, [result("router", "chest", 0.9)]))
     assert [e["outcome"] for e in entries] == ["not labelled: this Orthanc has no labels (1.12 and later)", "queued"]
     now = 100.0
@@ -101,7 +109,7 @@ def test_failed_send_is_retried_with_back_off_then_reported():
 def test_successful_send_is_not_repeated():
     api = FakeJobs(["Success"])
     policy = parse_routing({**RULES, "Rules": RULES["Rules"][:1]}, ["router"])
-    forwarder = Forwarder(api, policy)
+    forwarder = Forwarder(api, policy, capabilities=OrthancCapabilities(api.system))
     decisions = decide(policy, [result("router", "chest", 0.9)])
     forwarder.route("i1", decisions)
     forwarder.step(0)
@@ -110,3 +118,28 @@ def test_successful_send_is_not_repeated():
     again = forwarder.route("i1", decisions)
     assert again[-1]["outcome"] == "already sent"
     assert forwarder.route("i1", decisions, resend=True)[-1]["outcome"] == "queued"
+
+
+def test_an_instance_s_sends_are_recorded_in_one_write_once_all_have_finished():
+    api = FakeJobs(["Running", "Success", "Success"])
+    policy = parse_routing({"Rules": [{"Name": "chest", "Model": "router", "Classes": ["chest"],
+                                       "Forward": ["cxr", "archive"]}]}, ["router"])
+    forwarder = Forwarder(api, policy, capabilities=OrthancCapabilities(api.system))
+    decisions = decide(policy, [result("router", "chest", 0.9)])
+    forwarder.route("i1", decisions)
+    forwarder.step(0)  # both jobs start
+    forwarder.step(0)  # one still running, one sent: nothing recorded yet
+    assert api.writes == 0 and not forwarder.idle
+    forwarder.step(0)
+    assert forwarder.idle and api.writes == 1
+    assert len(json.loads(api.metadata["AIRouting"])) == 2
+
+
+def test_running_jobs_are_cancelled_at_stop():
+    api = FakeJobs(["Running"])
+    policy = parse_routing({**RULES, "Rules": RULES["Rules"][:1]}, ["router"])
+    forwarder = Forwarder(api, policy, capabilities=OrthancCapabilities(api.system))
+    forwarder.route("i1", decide(policy, [result("router", "chest", 0.9)]))
+    forwarder.step(0)
+    forwarder.stop()
+    assert api.cancelled == ["job1"]
