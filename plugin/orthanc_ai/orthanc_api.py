@@ -87,6 +87,12 @@ class OrthancApi(Protocol):
     def list_series(self) -> list[dict[str, Any]]:
         """Every series with its parent study (GET /series?expand)."""
 
+    def find_labelled_studies(self, labels: list[str]) -> list[str]:
+        """Ids of the studies with any of these labels (POST /tools/find; Orthanc 1.12 and later)."""
+
+    def study_instances(self, study_id: str) -> list[dict[str, Any]]:
+        """The instances of a study with their parent series (GET /studies/{id}/instances)."""
+
     def destinations(self) -> tuple[list[str], list[str]]:
         """Names of the DICOM modalities and the Orthanc peers that Orthanc knows."""
 

@@ -172,6 +172,13 @@ class OrthancRestApi:
     def list_instances(self) -> list[dict[str, Any]]:
         return json.loads(_call(orthanc.RestApiGet, "/instances?expand"))
 
+    def find_labelled_studies(self, labels: list[str]) -> list[str]:
+        request = {"Level": "Study", "Query": {}, "Labels": labels, "LabelsConstraint": "Any"}
+        return json.loads(_call(orthanc.RestApiPost, "/tools/find", json.dumps(request).encode("utf-8")))
+
+    def study_instances(self, study_id: str) -> list[dict[str, Any]]:
+        return json.loads(_call(orthanc.RestApiGet, f"/studies/{study_id}/instances"))
+
     def list_series(self) -> list[dict[str, Any]]:
         return json.loads(_call(orthanc.RestApiGet, "/series?expand"))
 

@@ -16,6 +16,7 @@ import pydicom
 from . import upload as uploads
 from .config import METADATA_SOURCE_FILE, METADATA_STATUS
 from .decoding import InstanceSkipped, int_or_none, read_header
+from .labels import label_for
 from .orthanc_api import ResourceNotFound
 from .private_tags import read_results
 from .registry import UnknownModel
@@ -308,7 +309,9 @@ def routing_log(service: PluginService, query: dict[str, str]) -> Response:
 def find_by_result(service: PluginService, query: dict[str, str]) -> Response:
     """Instances, series or studies whose prediction by a model has a class with a minimum probability.
 
-    Answered from each instance's AIStatus metadata, never from the files.
+    Answered from each instance's AIStatus metadata, never from the files. On Orthanc ≥ 1.12 only the
+    studies labelled with one of the model's classes (``POST /tools/find`` by label) are visited; on
+    older ones every instance is, and the answer says how many.
     """
     model = query.get("model")
     if not model:
@@ -321,19 +324,43 @@ def find_by_result(service: PluginService, query: dict[str, str]) -> Response:
         minimum = float(query.get("minProbability", "0"))
     except ValueError as error:
         raise BadRequest('"minProbability" must be a number') from error
+    search = query.get("search", "auto")
+    if search not in ("auto", "scan"):
+        raise BadRequest('"search" must be auto (by label where Orthanc has labels) or scan (every instance)')
+    candidates, searched = _find_candidates(service, model, wanted, search == "scan")
     matches = []
-    for instance in service.api.list_instances():
+    for instance in candidates:
         status = _status_of(service, instance["ID"], service.api.instance_metadata(instance["ID"])) or {}
         top = (status.get("results") or {}).get(model)
         if top and (wanted is None or top[0] == wanted) and top[1] >= minimum:
             matches.append({"instance": instance["ID"], "series": instance["ParentSeries"],
-                            "topClass": top[0], "topProbability": top[1]})
+                            "study": instance.get("ParentStudy"), "topClass": top[0], "topProbability": top[1]})
+    searched["instances"] = len(candidates)
     if level == "instances":
-        return 200, {"level": level, "matches": matches}
-    if level == "series":
-        return 200, {"level": level, "matches": sorted({m["series"] for m in matches})}
-    study_of = {s["ID"]: s["ParentStudy"] for s in service.api.list_series()}
-    return 200, {"level": level, "matches": sorted({study_of[m["series"]] for m in matches if m["series"] in study_of})}
+        found: list[Any] = [{k: v for k, v in m.items() if k != "study"} for m in matches]
+    elif level == "series":
+        found = sorted({m["series"] for m in matches})
+    elif searched["by"] == "labels":
+        found = sorted({m["study"] for m in matches})
+    else:
+        study_of = {s["ID"]: s["ParentStudy"] for s in service.api.list_series()}
+        found = sorted({study_of[m["series"]] for m in matches if m["series"] in study_of})
+    return 200, {"level": level, "matches": found, "searched": searched}
+
+
+def _find_candidates(service: PluginService, model: str, wanted: str | None,
+                     scan: bool) -> tuple[list[dict], dict]:
+    """The instances that can match, and how they were found: by label (Orthanc ≥ 1.12) or by a scan
+    (older Orthanc, a model no longer loaded, or asked for: labels are missing from studies predicted
+    before the database moved to an Orthanc with labels)."""
+    loaded = service.registry.models.get(model)
+    if scan or loaded is None or not service.pipeline.capabilities.labels:
+        return service.api.list_instances(), {"by": "scan"}
+    classes = [wanted] if wanted is not None else list(loaded.card.classes)
+    studies = service.api.find_labelled_studies([label_for(model, name) for name in classes])
+    instances = [dict(instance, ParentStudy=study) for study in studies
+                 for instance in service.api.study_instances(study)]
+    return instances, {"by": "labels", "studies": len(studies)}
 
 
 def _query_int(query: dict[str, str], key: str, default: int, low: int, high: int) -> int:

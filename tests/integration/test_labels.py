@@ -50,3 +50,17 @@ def test_study_carries_the_series_conclusion_once_reported(orthanc, with_labels)
     expected = {conclusion_label(model, c["class"], c["suspected"]) for model, c in summary.items()}
     assert len(expected) == 2 and all("-series-" in label or "-suspected-" in label for label in expected)
     orthanc.wait_until(lambda: expected <= set(orthanc.get(f"/studies/{study}/labels")), 30, f"labels {expected}")
+
+
+def test_find_answers_from_labels(orthanc, with_labels):
+    studies = dict(_predict_one_ct(orthanc, seed=seed) for seed in (44, 45, 46))
+    for wanted in sorted({classes["test-ct"] for classes in studies.values()}):
+        answer = orthanc.get(f"/ai/find?model=test-ct&class={wanted}&level=studies")
+        expected = sorted(study for study, classes in studies.items() if classes["test-ct"] == wanted)
+        assert answer["searched"]["by"] == "labels", answer
+        assert set(expected) <= set(answer["matches"]), (wanted, answer)
+        # Only the studies labelled with that class were visited, not every instance.
+        labelled = orthanc.post_json("/tools/find", {"Level": "Study", "Query": {},
+                                                     "Labels": [f"ai-test-ct-{wanted}"]})[1]
+        assert answer["searched"]["studies"] == len(labelled)
+        assert set(answer["matches"]) <= set(labelled)
