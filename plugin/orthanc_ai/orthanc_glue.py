@@ -31,6 +31,10 @@ log = logging.getLogger("orthanc_ai")
 # at every stop (seen with 1.12.7 / 5.0 and 1.13.0 / 7.1; 4.0 does not crash either way).
 _CALLBACKS_HANDED_TO_ORTHANC: list[Callable[..., Any]] = []
 ORTHANC_ID = r"([0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8})"
+_ORTHANC_ID_PATTERN = re.compile(ORTHANC_ID)
+# The /ai routes take any path segment as the id and check it themselves, so that a malformed id gets the
+# plugin's JSON error like every other mistake, not Orthanc's answer for an unknown route.
+RESOURCE = r"([^/]*)"
 _service: PluginService | None = None
 _PIXEL_FORMATS = {
     orthanc.PixelFormat.GRAYSCALE8: (np.uint8, 1),
@@ -367,26 +371,26 @@ def _register_routes() -> None:
     routes: list[tuple[str, str, Callable[..., rest_api.Response]]] = [
         ("/ai/models", "GET", lambda s, groups, body: rest_api.list_models(s)),
         ("/ai/status", "GET", lambda s, groups, body: rest_api.plugin_status(s)),
-        (f"/ai/instances/{ORTHANC_ID}/predict", "POST",
+        (f"/ai/instances/{RESOURCE}/predict", "POST",
          lambda s, groups, body: rest_api.predict_instance(s, groups[0], body)),
-        (f"/ai/instances/{ORTHANC_ID}/predictions", "GET",
+        (f"/ai/instances/{RESOURCE}/predictions", "GET",
          lambda s, groups, body: rest_api.instance_predictions(s, groups[0])),
-        (f"/ai/series/{ORTHANC_ID}/predict", "POST",
+        (f"/ai/series/{RESOURCE}/predict", "POST",
          lambda s, groups, body: rest_api.predict_children(s, "series", groups[0], body)),
-        (f"/ai/studies/{ORTHANC_ID}/predict", "POST",
+        (f"/ai/studies/{RESOURCE}/predict", "POST",
          lambda s, groups, body: rest_api.predict_children(s, "studies", groups[0], body)),
         # Orthanc Explorer
-        (f"/ai/instances/{ORTHANC_ID}/applicable", "GET",
+        (f"/ai/instances/{RESOURCE}/applicable", "GET",
          lambda s, groups, body: rest_api.applicable_models(s, groups[0])),
-        (f"/ai/series/{ORTHANC_ID}/report", "POST",
+        (f"/ai/series/{RESOURCE}/report", "POST",
          lambda s, groups, body: rest_api.write_reports(s, "series", groups[0])),
-        (f"/ai/studies/{ORTHANC_ID}/report", "POST",
+        (f"/ai/studies/{RESOURCE}/report", "POST",
          lambda s, groups, body: rest_api.write_reports(s, "studies", groups[0])),
-        (f"/ai/series/{ORTHANC_ID}/summary", "GET",
+        (f"/ai/series/{RESOURCE}/summary", "GET",
          lambda s, groups, body: rest_api.series_summary(s, groups[0])),
-        (f"/ai/series/{ORTHANC_ID}/predictions", "GET",
+        (f"/ai/series/{RESOURCE}/predictions", "GET",
          lambda s, groups, body: rest_api.children_predictions(s, "series", groups[0])),
-        (f"/ai/studies/{ORTHANC_ID}/predictions", "GET",
+        (f"/ai/studies/{RESOURCE}/predictions", "GET",
          lambda s, groups, body: rest_api.children_predictions(s, "studies", groups[0])),
         ("/ai/upload", "POST", lambda s, groups, body: rest_api.upload_file(s, body)),
     ]
@@ -400,7 +404,7 @@ def _register_routes() -> None:
     for pattern, query_handler in query_routes:
         orthanc.RegisterRestCallback(pattern, _keep_alive(_query_route(query_handler)))
     orthanc.RegisterRestCallback(
-        f"/ai/instances/{ORTHANC_ID}/route",
+        f"/ai/instances/{RESOURCE}/route",
         _keep_alive(_route("POST", lambda s, groups, body: rest_api.route_instance(s, groups[0], body))),
     )
 
@@ -420,7 +424,12 @@ def _route(method: str, handler: Callable[..., rest_api.Response]) -> Callable[.
         if request.get("method") != method:
             output.SendMethodNotAllowed(method)
             return
-        status, body = rest_api.guarded(handler, _service, request.get("groups", []), request.get("body") or b"")
+        groups = request.get("groups", [])
+        malformed = [group for group in groups if not _ORTHANC_ID_PATTERN.fullmatch(group)]
+        if malformed:
+            _answer(output, 404, {"error": f"not an Orthanc id: {malformed[0]!r}"})
+            return
+        status, body = rest_api.guarded(handler, _service, groups, request.get("body") or b"")
         _answer(output, status, body)
 
     return callback
@@ -431,6 +440,7 @@ def _answer(output: Any, status: int, body: Any) -> None:
     if status == 200:
         output.AnswerBuffer(text, "application/json")
         return
+    output.SetHttpHeader("Content-Type", "application/json")
     try:
         output.SendHttpStatus(status, text, len(text.encode("utf-8")))  # orthanc-python 4.0
     except TypeError:

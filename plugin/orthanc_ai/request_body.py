@@ -1,17 +1,31 @@
-"""The JSON bodies of the plugin's POST routes: one parser, one kind of error (answered with 400)."""
+"""The JSON bodies of the plugin's POST routes: one parser, one kind of error (400; 413 above the size limit)."""
 from __future__ import annotations
 
 import json
 from collections.abc import Collection
 from typing import Any
 
+# The JSON bodies of the plugin's routes are a few hundred bytes, but an upload's: its file in base64.
+SMALL_BODY_BYTES = 64 * 1024
+
 
 class BadRequest(ValueError):
     """A request the route refuses; the message says what is expected."""
 
 
-def json_object(body: bytes, accepted: Collection[str], example: str) -> dict[str, Any]:
-    """The body as a JSON object with only ``accepted`` keys; an empty body is ``{}``."""
+class BodyTooLarge(BadRequest):
+    """A body above the route's limit, refused before it is parsed (answered with 413)."""
+
+
+def check_body_size(body: bytes, limit: int) -> None:
+    if len(body) > limit:
+        raise BodyTooLarge(f"request body of {len(body)} bytes is larger than this route accepts ({limit} bytes)")
+
+
+def json_object(body: bytes, accepted: Collection[str], example: str, limit: int = SMALL_BODY_BYTES) -> dict[str, Any]:
+    """The body as a JSON object with only ``accepted`` keys; an empty body is ``{}``. A body larger than
+    ``limit`` is refused before it is parsed."""
+    check_body_size(body, limit)
     if not body or not body.strip():
         return {}
     try:

@@ -20,7 +20,7 @@ from .labels import label_for
 from .orthanc_api import ResourceNotFound
 from .private_tags import read_results
 from .registry import UnknownModel
-from .request_body import BadRequest, json_object
+from .request_body import BadRequest, BodyTooLarge, json_object
 from .routing import decide
 from .series_reports import NOT_REPORTED_MODALITIES, summary_json
 from .service import PluginService
@@ -277,6 +277,8 @@ def guarded(handler: Callable[..., Response], *args: Any) -> Response:
     """Run a handler, turning expected errors into 4xx answers and the rest into 500."""
     try:
         return handler(*args)
+    except BodyTooLarge as error:
+        return 413, {"error": str(error)}
     except BadRequest as error:
         return 400, {"error": str(error)}
     except UnknownModel as error:

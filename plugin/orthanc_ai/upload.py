@@ -27,7 +27,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from .orthanc_ids import orthanc_ids_of
-from .request_body import BadRequest, json_object
+from .request_body import SMALL_BODY_BYTES, BadRequest, BodyTooLarge, json_object
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 UPLOAD_KEYS = {
@@ -68,7 +68,10 @@ class Upload:
 def parse_upload(body: bytes, max_bytes: int) -> Upload:
     """Validate the JSON body of ``POST /ai/upload``; raises ``UploadError`` with a clear message."""
     try:
-        request = json_object(body, UPLOAD_KEYS, '{"fileName": "x.png", "content": "data:…"}')
+        request = json_object(body, UPLOAD_KEYS, '{"fileName": "x.png", "content": "data:…"}',
+                              limit=max_bytes * 4 // 3 + SMALL_BODY_BYTES)
+    except BodyTooLarge:
+        raise  # 413, not the upload form's 400
     except BadRequest as error:
         raise UploadError(str(error)) from error
     for key, value in request.items():

@@ -42,6 +42,22 @@ def test_predict_unknown_instance_is_404(orthanc):
     assert status == 404
 
 
+def test_malformed_ids_and_oversized_bodies_get_json_errors(orthanc):
+    status, answer = orthanc.request("GET", "/ai/instances/not-an-id/predictions")
+    assert status == 404 and "not an Orthanc id" in json.loads(answer)["error"]
+    instance_id = orthanc.store_http(synthetic_ct(seed=12))["ID"]
+    status, answer = orthanc.request("POST", f"/ai/instances/{instance_id}/predict", b" " * (65 * 1024))
+    assert status == 413 and "larger than this route accepts" in json.loads(answer)["error"]
+
+
+def test_an_upload_above_max_file_megabytes_is_413(start_orthanc):
+    server = start_orthanc(plugin={"MaxFileMegabytes": 1})
+    # 1 MiB in base64 is about 1.4 MB: 1.5 MB of it is refused before it is parsed.
+    status, answer = server.request("POST", "/ai/upload", b'{"content": "' + b"A" * 1_500_000 + b'"}')
+    assert status == 413 and "larger than this route accepts" in json.loads(answer)["error"]
+    assert server.get("/instances") == []
+
+
 def test_wrong_method_is_refused(orthanc):
     status, _ = orthanc.request("GET", "/ai/instances/00000000-00000000-00000000-00000000-00000000/predict")
     assert status == 405

@@ -12,6 +12,7 @@ from PIL import Image
 
 from orthanc_ai import upload
 from orthanc_ai.orthanc_ids import orthanc_ids_of
+from orthanc_ai.request_body import BodyTooLarge
 from orthanc_ai.upload import UploadError, parse_upload
 from tests.support.dicom_files import read, synthetic_ct
 
@@ -82,8 +83,11 @@ def test_bad_requests(request_body, message):
 
 
 def test_too_large_before_decoding():
-    with pytest.raises(UploadError, match="too large"):
+    # A body far above the limit is refused before it is parsed (413), one just above it before decoding.
+    with pytest.raises(BodyTooLarge, match="larger than this route accepts"):
         parse_upload(body(b"\0" * (2 * MB)), 1 * MB)
+    with pytest.raises(UploadError, match="too large"):
+        parse_upload(body(b"\0" * (MB + 3000)), 1 * MB)
 
 
 @pytest.mark.parametrize(
