@@ -60,16 +60,29 @@ class InstanceHeader:
 
 
 def read_header(dicom: bytes, max_frame_pixels: int) -> InstanceHeader:
-    """Parse the instance (pixel data left undecoded) and check it can be analysed."""
+    """Parse the instance (pixel data left undecoded) and check it can be analysed.
+
+    Raises only ``InstanceSkipped``: pydicom parses values when first read, so a damaged element can
+    raise anywhere below, and whatever it raises is about the file.
+    """
     try:
-        dataset = pydicom.dcmread(io.BytesIO(dicom), force=True)
-        header = {k: _text(dataset.get(k)) for k in HEADER_KEYWORDS}
+        return _read_header(dicom, max_frame_pixels)
+    except InstanceSkipped:
+        raise
     except (InvalidDicomError, RecursionError) as error:
         raise InstanceSkipped(f"unreadable DICOM: {error.__class__.__name__}") from error
     except Exception as error:  # pydicom raises many kinds on damaged files
         raise InstanceSkipped(f"unreadable DICOM: {error.__class__.__name__}: {error}") from error
 
+
+def _read_header(dicom: bytes, max_frame_pixels: int) -> InstanceHeader:
+    dataset = pydicom.dcmread(io.BytesIO(dicom), force=True)
+    header = {k: _text(dataset.get(k)) for k in HEADER_KEYWORDS}
+
     _complete_transfer_syntax(dataset)
+    if any(tag.group == 0 for tag in dataset.keys()):
+        # Command elements belong in DIMSE messages, never in a stored file; pydicom will not write one back.
+        raise InstanceSkipped("command set elements (group 0000) in the file: results cannot be written into it")
     modality = header["Modality"].upper()
     if not any(tag in dataset for tag in PIXEL_DATA_TAGS):
         raise InstanceSkipped(f"no pixel data (Modality {modality or 'absent'}, SOP class {header['SOPClassUID']})")
@@ -128,11 +141,21 @@ def decode_analysed_frame(
             frame = apply_color_lut(frame, dataset)
     except Exception as error:
         frame = _decode_with_fallback(instance, fallback, error)
+    except BaseException as error:
+        if not is_extension_panic(error):
+            raise
+        frame = _decode_with_fallback(instance, fallback, error)
     frame = np.asarray(frame)
     colour = instance.samples_per_pixel == 3 or instance.pixels.photometric == "PALETTE COLOR"
     if frame.ndim != (3 if colour else 2):
         raise InstanceSkipped(f"decoded pixel array has unexpected shape {frame.shape}")
     return frame
+
+
+def is_extension_panic(error: BaseException) -> bool:
+    """A Rust extension's panic (pylibjpeg-rle on damaged RLE data), raised by pyo3 as ``PanicException``,
+    a ``BaseException``: left uncaught it would end the worker thread instead of skipping the instance."""
+    return type(error).__name__ == "PanicException"
 
 
 def _complete_transfer_syntax(dataset: Dataset) -> None:
@@ -148,7 +171,7 @@ def _complete_transfer_syntax(dataset: Dataset) -> None:
 
 
 def _decode_with_fallback(
-    instance: InstanceHeader, fallback: Callable[[int], np.ndarray] | None, error: Exception
+    instance: InstanceHeader, fallback: Callable[[int], np.ndarray] | None, error: BaseException
 ) -> np.ndarray:
     reason = f"{error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     if fallback is None or instance.pixels.photometric == "PALETTE COLOR":

@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from .capabilities import OrthancCapabilities
 from .config import METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
-from .decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, read_header
+from .decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, is_extension_panic, read_header
 from .deletion_fence import PENDING_SECONDS, DeletedMeanwhile, DeletionFence
 from .inference import LoadedModel
 from .instance_guards import EchoGuard, InstanceLocks
@@ -30,7 +30,7 @@ from .overwrite_carryover import Carryover, CarryoverSettings, read_carryover
 from .private_tags import ModelResult, read_results
 from .registry import ModelRegistry
 from .status import Outcome, PluginStatus
-from .tagging import add_results
+from .tagging import ResultsNotWritable, add_results
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,9 @@ class PredictionPipeline:
                 outcome = Outcome(instance_id, "skipped", reason=str(skip))
             except ResourceNotFound:
                 outcome = Outcome(instance_id, "gone", reason="instance no longer exists")
-            except Exception as error:  # a plugin bug must never take Orthanc down
+            except BaseException as error:  # a plugin bug must never take Orthanc, or a worker, down
+                if not isinstance(error, Exception) and not is_extension_panic(error):
+                    raise  # SystemExit, KeyboardInterrupt
                 log.exception("Prediction of instance %s failed", instance_id)
                 outcome = Outcome(instance_id, "failed", reason=f"{error.__class__.__name__}: {error}")
             outcome.seconds = time.monotonic() - started
@@ -140,7 +142,10 @@ class PredictionPipeline:
         if not results:
             return Outcome(instance_id, "unchanged", results=existing)
 
-        tagged = add_results(original, self.config.private_creator, SOFTWARE, results)
+        try:
+            tagged = add_results(original, self.config.private_creator, SOFTWARE, results)
+        except ResultsNotWritable as error:
+            raise InstanceSkipped(f"results cannot be written into this file: {error}") from error
         ids = _ids_of(instance, instance_id)
         carryover = read_carryover(self.api, instance_id, ids, run.metadata, self._carryover_settings())
         self.status.set_stage(instance_id, "storing")

@@ -188,27 +188,35 @@ def read_results(dataset: Dataset, creator: str) -> list[ModelResult]:
     for slot in range(1, MAX_MODEL_SLOTS + 1):
         if slot * 16 not in block:
             continue
-        value = lambda name, slot=slot: _value(block, slot, _FIELD[name])  # noqa: E731 - local shorthand
-        classes = tuple(_as_list(value("AIModelClassNames")))
-        probabilities = tuple(float(p) for p in _as_list(value("AIModelClassProbabilities")))
-        if not classes or len(classes) != len(probabilities):
-            continue  # a damaged slot is ignored rather than misreported
-        size = value("AIModelSourceFileSize")
-        frame = value("AIModelAnalysedFrame")
-        results.append(
-            ModelResult(
-                model=str(value("AIModelName")),
-                version=str(value("AIModelVersion") or ""),
-                dataset=str(value("AIModelDataset") or ""),
-                predicted_at=parse_dt(str(value("AIModelDateTime") or "")),
-                classes=classes,
-                probabilities=probabilities,
-                frame=int(frame) if frame not in (None, "") else 1,
-                source_file_name=str(value("AIModelSourceFileName")) if value("AIModelSourceFileName") else None,
-                source_file_size=int(size) if size not in (None, "") else None,
-            )
-        )
+        try:
+            result = _read_slot(block, slot)
+        except (ValueError, TypeError, OverflowError, NotImplementedError):
+            result = None  # values that do not parse (damaged, or written by something else)
+        if result is not None:
+            results.append(result)
     return results
+
+
+def _read_slot(block: PrivateBlock, slot: int) -> ModelResult | None:
+    """One model's result; None for a damaged slot, which is ignored rather than misreported."""
+    value = lambda name: _value(block, slot, _FIELD[name])  # noqa: E731 - local shorthand
+    classes = tuple(str(name) for name in _as_list(value("AIModelClassNames")))
+    probabilities = tuple(float(p) for p in _as_list(value("AIModelClassProbabilities")))
+    if not classes or len(classes) != len(probabilities):
+        return None
+    size = value("AIModelSourceFileSize")
+    frame = value("AIModelAnalysedFrame")
+    return ModelResult(
+        model=str(value("AIModelName")),
+        version=str(value("AIModelVersion") or ""),
+        dataset=str(value("AIModelDataset") or ""),
+        predicted_at=parse_dt(str(value("AIModelDateTime") or "")),
+        classes=classes,
+        probabilities=probabilities,
+        frame=int(frame) if frame not in (None, "") else 1,
+        source_file_name=str(value("AIModelSourceFileName")) if value("AIModelSourceFileName") else None,
+        source_file_size=int(size) if size not in (None, "") else None,
+    )
 
 
 def _value(block: PrivateBlock, slot: int, field: Field) -> Any:

@@ -14,12 +14,19 @@ import pydicom
 from .private_tags import ModelResult, read_results, write_results
 
 
+class ResultsNotWritable(ValueError):
+    """pydicom cannot write this file back (an unknown VR, command set elements …): it is left as it is."""
+
+
 def add_results(dicom: bytes, creator: str, software: str, results: Sequence[ModelResult]) -> bytes:
     dataset = pydicom.dcmread(io.BytesIO(dicom), force=True)
     write_results(dataset, creator, software, results)
     output = io.BytesIO()
-    # Keep the file's own transfer syntax and meta information as received.
-    dataset.save_as(output, enforce_file_format=False)
+    try:
+        # Keep the file's own transfer syntax and meta information as received.
+        dataset.save_as(output, enforce_file_format=False)
+    except Exception as error:  # what pydicom raises here is about the damaged file, not our block
+        raise ResultsNotWritable(f"{error.__class__.__name__}: {error}") from error
     return output.getvalue()
 
 
