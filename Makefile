@@ -80,6 +80,7 @@ bench: install-dev
 	$(VENV)/bin/python bench/bench_models.py
 	$(VENV)/bin/python bench/bench_pipeline.py --idle-plugin
 	$(VENV)/bin/python bench/bench_router.py
+	$(VENV)/bin/python bench/bench_find.py
 
 # Retrain and re-evaluate one model from ../shared/data, rewriting models/$(MODEL)/ (training/README.md).
 MODEL ?= lung-ct-3
