@@ -35,23 +35,26 @@ def flip_bytes(dicom: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
+def _element_headers(data: bytearray) -> list[int]:
+    """Offsets of what look like explicit-VR element headers (tag, then two capital letters) in the first
+    20 kB: the header elements, where a damaged length or VR matters most."""
+    return [i for i in range(PREAMBLE, min(len(data) - 8, 20_000))
+            if data[i + 4:i + 6].isalpha() and data[i + 4:i + 6].isupper()]
+
+
 def wrong_length(dicom: bytes, rng: random.Random) -> bytes:
-    """An explicit-VR element's 16- or 32-bit length replaced, often by something absurd."""
+    """An element's 16-bit length replaced, often by something absurd."""
     data = bytearray(dicom)
-    offsets = [i for i in range(PREAMBLE, min(len(data) - 8, 20_000)) if data[i + 4:i + 6].isalpha()
-               and data[i + 4:i + 6].isupper()]
+    offsets = _element_headers(data)
     if not offsets:
         return flip_bytes(dicom, rng)
-    offset = rng.choice(offsets)
-    value = rng.choice([0, 1, 0xFFFF, rng.randrange(0x10000)])
-    struct.pack_into("<H", data, offset + 6, value)
+    struct.pack_into("<H", data, rng.choice(offsets) + 6, rng.choice([0, 1, 0xFFFF, rng.randrange(0x10000)]))
     return bytes(data)
 
 
 def wrong_vr(dicom: bytes, rng: random.Random) -> bytes:
     data = bytearray(dicom)
-    offsets = [i for i in range(PREAMBLE, min(len(data) - 8, 20_000)) if data[i + 4:i + 6].isalpha()
-               and data[i + 4:i + 6].isupper()]
+    offsets = _element_headers(data)
     if not offsets:
         return flip_bytes(dicom, rng)
     offset = rng.choice(offsets)
