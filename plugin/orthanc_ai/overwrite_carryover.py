@@ -58,7 +58,7 @@ class Carryover:
     resources: list[ResourceKeepings]
 
     def restore(self, api: OrthancApi) -> None:
-        # Parents first: they exist again once the instance is stored; order does not matter to Orthanc.
+        # Patient, study, series, then the instance: all exist again once the tagged file is stored.
         for kept in reversed(self.resources):
             for name, value in kept.metadata.items():
                 api.set_metadata(kept.level, kept.resource_id, name, value)
