@@ -156,6 +156,8 @@ class ModelCard:
     routed_by: RoutedBy | None = None
     class_codes: Mapping[str, ClassCode] = field(default_factory=dict)
     series_conclusion: SeriesConclusion = SeriesConclusion()
+    # The ONNX output with the class-activation maps (N × classes × h × w), where the card declares one.
+    heatmap_output: str | None = None
 
     def class_code(self, class_name: str) -> ClassCode:
         """The card's code for the class, else the project's own (documented in docs/structured-report.md)."""
@@ -203,6 +205,10 @@ class ModelCard:
             raise ModelCardError(f"class_codes names classes the model does not have: "
                                  f"{sorted(set(codes_section) - set(classes))}")
         class_codes = {name: ClassCode.from_json(name, code) for name, code in codes_section.items()}
+        heatmap = raw.get("heatmap")
+        if heatmap is not None and not (isinstance(heatmap, Mapping) and isinstance(heatmap.get("output"), str)
+                                        and heatmap["output"]):
+            raise ModelCardError('heatmap must be {"output": "<name of the ONNX output with the class maps>", ...}')
         version = str(raw["version"])
         for label, value in (("version", version), ("dataset.short_name (or name)", dataset_name)):
             if len(value) > 64 or "\\" in value:
@@ -221,6 +227,7 @@ class ModelCard:
             routed_by=RoutedBy.from_json(raw["routed_by"]) if raw.get("routed_by") else None,
             class_codes=class_codes,
             series_conclusion=SeriesConclusion.from_json(raw.get("series_conclusion", {}), classes),
+            heatmap_output=str(heatmap["output"]) if heatmap is not None else None,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -233,6 +240,7 @@ class ModelCard:
             "dataset": self.dataset,
             "appliesTo": {k: [v for v in vals] for k, vals in self.applies_to.rules.items()},
             "intendedUse": self.raw.get("intended_use", ""),
+            "heatmap": self.heatmap_output is not None,
             "routedBy": None if self.routed_by is None else {
                 "model": self.routed_by.model, "classes": list(self.routed_by.classes),
                 "minProbability": self.routed_by.min_probability},

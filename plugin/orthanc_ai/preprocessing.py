@@ -183,6 +183,20 @@ def pad_to_square(image: np.ndarray) -> np.ndarray:
     return square
 
 
+def input_region(rows: int, columns: int, spec: Preprocessing) -> tuple[float, float, float, float]:
+    """The frame's area that the model's input shows: (left, top, right, bottom) in the frame's pixels.
+
+    The inverse of ``unit_grey_to_tensor``'s geometry: padding centres the frame on a square (the area
+    extends past the frame), and the box reduction of ``resize_antialiased`` drops the last few rows or
+    columns that do not fill a whole box.
+    """
+    height, width = (max(rows, columns),) * 2 if spec.resize == "pad" else (rows, columns)
+    top, left = (height - rows) // 2, (width - columns) // 2
+    factor_rows, factor_columns = _box_factors(height, width, spec.height, spec.width)
+    used_rows, used_columns = height // factor_rows * factor_rows, width // factor_columns * factor_columns
+    return (float(-left), float(-top), float(used_columns - left), float(used_rows - top))
+
+
 def resize_antialiased(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resampling with a widened triangle filter when shrinking (as PIL's BILINEAR).
 
@@ -196,9 +210,13 @@ def resize_antialiased(image: np.ndarray, height: int, width: int) -> np.ndarray
     return rows @ image @ cols.T
 
 
+def _box_factors(rows: int, columns: int, height: int, width: int) -> tuple[int, int]:
+    """Integer reduction factors that bring an image to at most 4× the output size before resampling."""
+    return max(1, rows // (4 * height)), max(1, columns // (4 * width))
+
+
 def _box_reduce(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    factor_rows = max(1, image.shape[0] // (4 * height))
-    factor_cols = max(1, image.shape[1] // (4 * width))
+    factor_rows, factor_cols = _box_factors(image.shape[0], image.shape[1], height, width)
     if factor_rows == 1 and factor_cols == 1:
         return image
     rows = image.shape[0] // factor_rows * factor_rows

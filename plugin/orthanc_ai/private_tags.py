@@ -19,12 +19,13 @@ a model rewrites its own slot, so a model never has two entries.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 from pydicom.datadict import add_private_dict_entries
 from pydicom.dataset import Dataset, PrivateBlock
 
@@ -62,8 +63,40 @@ MODEL_ELEMENTS = (
     Field(0x9, "DS", "AIModel{n}TopProbability", "1", "Probability of the top class, 0–1"),
     Field(0xA, "IS", "AIModel{n}AnalysedFrame", "1",
           "Frame analysed (1-based; the middle frame of a multi-frame image)"),
+    Field(0xB, "FL", "AIModel{n}HeatmapValues", "1-n",
+          "Class-activation map of the top class, row by row (logit units; its mean is the class's logit)"),
+    Field(0xC, "US", "AIModel{n}HeatmapRows", "1", "Rows of the heatmap grid"),
+    Field(0xD, "US", "AIModel{n}HeatmapColumns", "1", "Columns of the heatmap grid"),
+    Field(0xE, "FL", "AIModel{n}HeatmapRegion", "4",
+          "Left, top, right, bottom edge of the analysed frame's area the grid covers, in pixels from the frame's "
+          "top left corner (outside the frame where the model's input was padded)"),
 )
 _FIELD = {f.keyword.replace("{n}", ""): f for f in MODEL_ELEMENTS}
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """Where a model looked for one class: its class-activation map on a coarse grid.
+
+    ``values`` hold ``rows`` × ``columns`` cells row by row, in logit units: for a network ending in global
+    average pooling and one linear layer the map is exact and its mean is the class's logit (Zhou et al.,
+    "Learning Deep Features for Discriminative Localization", CVPR 2016). ``region`` places the grid on the
+    analysed frame: (left, top, right, bottom) in pixels, with (0, 0) the top left corner of the top left
+    pixel as in PS3.3 §C.10.5.1.2; it extends past the frame where the model's input was padded.
+    """
+
+    class_name: str
+    rows: int
+    columns: int
+    values: tuple[float, ...]
+    region: tuple[float, float, float, float]
+
+    def grid(self) -> np.ndarray:
+        return np.asarray(self.values, dtype=np.float32).reshape(self.rows, self.columns)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class": self.class_name, "rows": self.rows, "columns": self.columns,
+                "region": list(self.region), "values": list(self.values)}
 
 
 @dataclass(frozen=True)
@@ -79,6 +112,8 @@ class ModelResult:
     frame: int = 1
     source_file_name: str | None = None
     source_file_size: int | None = None
+    # The top class's map, for models whose card declares a heatmap output.
+    heatmap: Heatmap | None = None
 
     @property
     def top_index(self) -> int:
@@ -104,6 +139,7 @@ class ModelResult:
             "frame": self.frame,
             "sourceFileName": self.source_file_name,
             "sourceFileSize": self.source_file_size,
+            "heatmap": None if self.heatmap is None else self.heatmap.to_json(),
         }
 
 
@@ -147,6 +183,12 @@ def _write_slot(block: PrivateBlock, slot: int, result: ModelResult) -> None:
     _set(block, slot, f["AIModelTopClass"], result.top_class)
     _set(block, slot, f["AIModelTopProbability"], format_ds(result.top_probability))
     _set(block, slot, f["AIModelAnalysedFrame"], str(int(result.frame)))
+    if result.heatmap is not None:
+        heatmap = result.heatmap
+        _set(block, slot, f["AIModelHeatmapValues"], [float(v) for v in heatmap.values])
+        _set(block, slot, f["AIModelHeatmapRows"], heatmap.rows)
+        _set(block, slot, f["AIModelHeatmapColumns"], heatmap.columns)
+        _set(block, slot, f["AIModelHeatmapRegion"], [float(v) for v in heatmap.region])
 
 
 def _set(block: PrivateBlock, slot: int, field: Field, value: Any) -> None:
@@ -206,6 +248,7 @@ def _read_slot(block: PrivateBlock, slot: int) -> ModelResult | None:
         return None
     size = value("AIModelSourceFileSize")
     frame = value("AIModelAnalysedFrame")
+    top_class = classes[max(range(len(probabilities)), key=probabilities.__getitem__)]
     return ModelResult(
         model=str(value("AIModelName")),
         version=str(value("AIModelVersion") or ""),
@@ -216,7 +259,21 @@ def _read_slot(block: PrivateBlock, slot: int) -> ModelResult | None:
         frame=int(frame) if frame not in (None, "") else 1,
         source_file_name=str(value("AIModelSourceFileName")) if value("AIModelSourceFileName") else None,
         source_file_size=int(size) if size not in (None, "") else None,
+        heatmap=_read_heatmap(value, top_class),
     )
+
+
+def _read_heatmap(value: Callable[[str], Any], class_name: str) -> Heatmap | None:
+    """The slot's heatmap; None where it has none or its parts do not fit together."""
+    values = tuple(float(v) for v in _as_list(value("AIModelHeatmapValues")))
+    rows, columns = value("AIModelHeatmapRows"), value("AIModelHeatmapColumns")
+    region = tuple(float(v) for v in _as_list(value("AIModelHeatmapRegion")))
+    if not values or rows is None or columns is None or len(region) != 4:
+        return None
+    if int(rows) * int(columns) != len(values) or not all(np.isfinite(values)):
+        return None
+    left, top, right, bottom = region
+    return Heatmap(class_name, int(rows), int(columns), values, (left, top, right, bottom))
 
 
 def _value(block: PrivateBlock, slot: int, field: Field) -> Any:
@@ -268,8 +325,10 @@ def orthanc_dictionary(creator: str, block_byte: int = 0x10) -> dict[str, list[A
     """Entries for Orthanc's ``"Dictionary"`` configuration option, for one block."""
     entries = {}
     for low, field, slot in all_fields():
-        vm_max = 0 if field.vm == "1-n" else 1  # Orthanc: 0 means unbounded
-        entries[f"{GROUP:04x},{(block_byte << 8) | low:04x}"] = [field.vr, _keyword(field, slot), 1, vm_max, creator]
+        vm_min, _, vm_max = field.vm.partition("-")
+        # Orthanc: a maximum of 0 means unbounded
+        entries[f"{GROUP:04x},{(block_byte << 8) | low:04x}"] = [
+            field.vr, _keyword(field, slot), int(vm_min), 0 if vm_max == "n" else int(vm_max or vm_min), creator]
     return entries
 
 

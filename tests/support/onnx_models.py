@@ -33,27 +33,42 @@ def build_model(
     ct_window: Mapping[str, float] | None = None,
     brightness_weights: list[tuple[float, float]] | None = None,
     routed_by: dict[str, Any] | None = None,
+    heatmap: bool = False,
 ) -> Path:
     """Write models/<name>/model.onnx and model.json into ``folder``; returns the model folder.
 
     ``brightness_weights``: per class (slope, bias) on the mean normalised grey level, so a test can
     choose the class by the image's brightness; otherwise random weights from ``seed``.
+    ``heatmap``: a second output ``class_activation_maps`` (N × classes × 4 × 4), exact for this linear
+    model as for the shipped ones: cell p of class c is 16·W[p, c]·pooled[p] + B[c], so its mean is the
+    logit. With ``brightness_weights`` of positive slope the brightest quarter-square is the hottest cell.
     """
     weights, bias = linear_weights(len(classes), seed)
     if brightness_weights is not None:
         weights = np.array([[slope / 16 for slope, _ in brightness_weights]] * 16, dtype=np.float32)
         bias = np.array([b for _, b in brightness_weights], dtype=np.float32)
+    nodes = [
+        helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[SIZE // 4, SIZE // 4],
+                         strides=[SIZE // 4, SIZE // 4]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(classes)])]
+    initializers = [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")]
+    if heatmap:
+        cell_weights = (16 * weights).T.reshape(1, len(classes), 4, 4)
+        nodes += [helper.make_node("Mul", ["pooled", "cell_weights"], ["weighted"]),
+                  helper.make_node("Add", ["weighted", "cell_bias"], ["class_activation_maps"])]
+        outputs.append(helper.make_tensor_value_info("class_activation_maps", TensorProto.FLOAT,
+                                                     ["batch", len(classes), 4, 4]))
+        initializers += [numpy_helper.from_array(cell_weights.astype(np.float32), "cell_weights"),
+                         numpy_helper.from_array(bias.reshape(1, -1, 1, 1), "cell_bias")]
     graph = helper.make_graph(
-        nodes=[
-            helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[SIZE // 4, SIZE // 4],
-                             strides=[SIZE // 4, SIZE // 4]),
-            helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-            helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
-        ],
+        nodes=nodes,
         name=name,
         inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, SIZE, SIZE])],
-        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(classes)])],
-        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")],
+        outputs=outputs,
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -77,5 +92,7 @@ def build_model(
         card["preprocessing"]["ct_window"] = ct_window
     if routed_by:
         card["routed_by"] = routed_by
+    if heatmap:
+        card["heatmap"] = {"output": "class_activation_maps"}
     (target / "model.json").write_text(json.dumps(card, indent=2))
     return target
