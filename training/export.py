@@ -1,4 +1,4 @@
-"""ONNX export (opset 17, dynamic batch), check against torch, latency measurement."""
+"""ONNX export (opset 17, dynamic batch; outputs logits and class activation maps), check against torch, latency."""
 from __future__ import annotations
 
 import sys
@@ -8,21 +8,25 @@ import numpy as np
 import torch
 
 from .data import REPO_ROOT
+from .model import WithClassActivationMaps
 
 OPSET = 17
 
 
 def export_onnx(model: torch.nn.Module, channels: int, height: int, width: int, path: Path) -> None:
+    """Export ``model`` (with ``logits_and_maps``) with the outputs ``logits`` and ``class_activation_maps``."""
     import onnx
 
     model.eval()
     dummy = torch.zeros(1, channels, height, width)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.onnx")
+    # the wrapper in eval mode too: the export restores the wrapper's mode on everything inside it
     torch.onnx.export(
-        model, (dummy,), str(tmp), dynamo=False, opset_version=OPSET,
-        input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, do_constant_folding=True,
+        WithClassActivationMaps(model).eval(), (dummy,), str(tmp), dynamo=False, opset_version=OPSET,
+        input_names=["input"], output_names=["logits", "class_activation_maps"],
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}, "class_activation_maps": {0: "N"}},
+        do_constant_folding=True,
     )
     proto = onnx.load(str(tmp))
     onnx.checker.check_model(proto)
@@ -33,14 +37,14 @@ def export_onnx(model: torch.nn.Module, channels: int, height: int, width: int, 
 
 
 def check_onnx(model: torch.nn.Module, path: Path, sample: np.ndarray) -> float:
-    """Max absolute difference between torch and onnxruntime logits on ``sample``."""
+    """Max absolute difference between torch and onnxruntime logits and maps on ``sample``."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(["logits"], {"input": sample.astype(np.float32)})[0]
+    got = sess.run(["logits", "class_activation_maps"], {"input": sample.astype(np.float32)})
     with torch.no_grad():
-        want = model(torch.from_numpy(sample.astype(np.float32))).numpy()
-    return float(np.abs(got - want).max())
+        want = model.logits_and_maps(torch.from_numpy(sample.astype(np.float32)))
+    return max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want, strict=True))
 
 
 def latency_ms(path: Path, runs: int = 300, warmup: int = 30) -> float:

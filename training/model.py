@@ -1,4 +1,9 @@
-"""A compact plain CNN (9 convolutions with batch norm), written in plain torch."""
+"""A compact plain CNN (9 convolutions with batch norm), written in plain torch.
+
+Every module here also gives its class activation maps (Zhou et al., CVPR 2016) beside the logits
+(``logits_and_maps``): the head's linear layer applied at each position of the last features, so that a
+class's logit is the spatial mean of its map; ``WithClassActivationMaps`` exports both.
+"""
 from __future__ import annotations
 
 import torch
@@ -42,9 +47,16 @@ class PlainCNN(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        x = torch.flatten(self.pool(x), 1)
-        return self.head(self.dropout(x))
+        return self._logits(self.features(x))
+
+    def _logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(torch.flatten(self.pool(features), 1)))
+
+    def logits_and_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, classes) and class activation maps (N, classes, h, w) from one pass of the features."""
+        features = self.features(x)
+        maps = nn.functional.conv2d(features, self.head.weight[:, :, None, None], self.head.bias)
+        return self._logits(features), maps
 
 
 class MeanEnsemble(nn.Module):
@@ -57,6 +69,11 @@ class MeanEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members], dim=0).mean(dim=0)
 
+    def logits_and_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' logits and maps, each averaged like ``forward`` averages the logits."""
+        logits, maps = zip(*(m.logits_and_maps(x) for m in self.members), strict=True)
+        return torch.stack(logits, dim=0).mean(dim=0), torch.stack(maps, dim=0).mean(dim=0)
+
 
 class WithTemperature(nn.Module):
     """Divides the logits by a fitted temperature (folded into the exported graph)."""
@@ -68,3 +85,19 @@ class WithTemperature(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x) * self.inv_t
+
+    def logits_and_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and maps, both divided by the temperature (a map's mean stays its logit)."""
+        logits, maps = self.model.logits_and_maps(x)
+        return logits * self.inv_t, maps * self.inv_t
+
+
+class WithClassActivationMaps(nn.Module):
+    """Exports ``model``'s logits and class activation maps as two graph outputs."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.logits_and_maps(x)
