@@ -23,10 +23,10 @@ TEST_MODELS = {
 
 @pytest.fixture(scope="session")
 def test_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two small ONNX models: one for CT only, one for any image."""
+    """Two small ONNX models: one for CT only, with a heatmap output; one for any image, without."""
     folder = tmp_path_factory.mktemp("models")
     for seed, (name, (classes, applies_to, window)) in enumerate(TEST_MODELS.items()):
-        build_model(folder, name, classes, applies_to, seed=seed, ct_window=window)
+        build_model(folder, name, classes, applies_to, seed=seed, ct_window=window, heatmap=name == "test-ct")
     return folder
 
 
