@@ -60,7 +60,9 @@ class ModelRegistry:
             log.error("Model %s skipped: %s", name, error)
             return
         self.models[name] = model
-        log.info("Model %s %s loaded (%s; classes %s)", name, card.version, card.title, ", ".join(card.classes))
+        log.info("Model %s %s loaded (%s; classes %s; %s)", name, card.version, card.title, ", ".join(card.classes),
+                 f"heatmap from output {card.heatmap_output}" if card.heatmap_output else "no heatmap: its card "
+                 "declares no map output")
 
     def get(self, names: Iterable[str]) -> list[LoadedModel]:
         """The named models, in the order given; raises UnknownModel for a name not served."""
