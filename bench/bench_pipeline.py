@@ -378,6 +378,7 @@ class Bench:
         from orthanc_ai.config import parse_config
         from orthanc_ai.decoding import decode_analysed_frame, read_header
         from orthanc_ai.pipeline import SOFTWARE
+        from orthanc_ai.preprocessing import InputTensors
         from orthanc_ai.registry import ModelRegistry
         from orthanc_ai.tagging import add_results
 
@@ -401,9 +402,10 @@ class Bench:
             frame = timed("decode pixels", functools.partial(decode_analysed_frame, instance))
             chosen, _ = registry.applicable(instance.header)
             results = []
+            inputs = InputTensors(frame, instance.pixels)  # shared: one preprocessing per specification
             for model in chosen:
-                results.append(timed(f"preprocess + inference {model.card.name}",
-                                     functools.partial(model.predict, frame, instance.pixels, frame_number=1,
+                results.append(timed(f"preprocess (first of its specification) + inference {model.card.name}",
+                                     functools.partial(model.predict, inputs, frame_number=1,
                                                        source_file_size=len(data))))
             tagged = timed("write private block (pydicom)",
                            functools.partial(add_results, data, config.private_creator, SOFTWARE, results))

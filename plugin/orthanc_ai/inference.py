@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime
 
 from .model_card import ModelCard
-from .preprocessing import PixelAttributes, frame_to_unit_grey, input_region, softmax, unit_grey_to_tensor
+from .preprocessing import InputTensors, PixelAttributes, input_region, softmax
 from .private_tags import Heatmap, ModelResult
 
 
@@ -64,14 +64,13 @@ class LoadedModel:
 
     def predict(
         self,
-        frame: np.ndarray,
-        attributes: PixelAttributes,
+        inputs: InputTensors,
         *,
         frame_number: int = 1,
         source_file_name: str | None = None,
         source_file_size: int | None = None,
     ) -> ModelResult:
-        probabilities, maps = self.class_activation_maps(frame, attributes)
+        probabilities, maps = self.run_with_maps(inputs.tensor(self.card.preprocessing))
         top = int(np.argmax(probabilities))
         return ModelResult(
             model=self.card.name,
@@ -83,14 +82,13 @@ class LoadedModel:
             frame=frame_number,
             source_file_name=source_file_name,
             source_file_size=source_file_size,
-            heatmap=None if maps is None else self.heatmap(maps, top, frame.shape[0], frame.shape[1]),
+            heatmap=None if maps is None else self.heatmap(maps, top, *inputs.frame_shape),
         )
 
     def class_activation_maps(self, frame: np.ndarray, attributes: PixelAttributes
                               ) -> tuple[np.ndarray, np.ndarray | None]:
         """Class probabilities, and every class's map (classes × rows × columns) where the model has them."""
-        spec = self.card.preprocessing
-        return self.run_with_maps(unit_grey_to_tensor(frame_to_unit_grey(frame, attributes, spec), spec))
+        return self.run_with_maps(InputTensors(frame, attributes).tensor(self.card.preprocessing))
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         """Class probabilities for a (1, C, H, W) tensor."""

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-import numpy as np
-
 from . import __version__
 from .capabilities import OrthancCapabilities
 from .config import METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
@@ -27,6 +25,7 @@ from .instance_guards import EchoGuard, InstanceLocks
 from .orthanc_api import MetadataConflict, OrthancApi, ResourceNotFound
 from .orthanc_ids import OrthancIds, orthanc_ids
 from .overwrite_carryover import Carryover, CarryoverSettings, read_carryover
+from .preprocessing import InputTensors
 from .private_tags import ModelResult, read_results
 from .registry import ModelRegistry
 from .status import Outcome, PluginStatus
@@ -235,24 +234,22 @@ class _ModelRun:
 
     def __init__(self, pipeline: PredictionPipeline, instance_id: str, original: bytes, instance: InstanceHeader):
         self.pipeline, self.instance_id, self.original, self.instance = pipeline, instance_id, original, instance
-        self._frame: np.ndarray | None = None
+        self._inputs: InputTensors | None = None
         self.metadata: dict[str, str] = {}
         self.provenance: dict = {}
 
     def models(self, models: Sequence[LoadedModel]) -> list[ModelResult]:
         if not models:
             return []
-        if self._frame is None:
+        if self._inputs is None:
             api = self.pipeline.api
             self.metadata = api.instance_metadata(self.instance_id)
             self.provenance = self.pipeline._provenance(self.metadata, len(self.original))
-            self._frame = decode_analysed_frame(
-                self.instance, fallback=lambda index: api.decode_frame(self.original, index)
-            )
+            frame = decode_analysed_frame(self.instance, fallback=lambda index: api.decode_frame(self.original, index))
+            self._inputs = InputTensors(frame, self.instance.pixels)
         return [
             model.predict(
-                self._frame,
-                self.instance.pixels,
+                self._inputs,
                 frame_number=self.instance.analysed_frame_index + 1,
                 source_file_name=self.metadata.get(METADATA_SOURCE_FILE) or None,
                 source_file_size=self.provenance.get("ReceivedSize"),

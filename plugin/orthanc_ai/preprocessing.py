@@ -171,6 +171,28 @@ def unit_grey_to_tensor(grey: np.ndarray, spec: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(tensor, dtype=np.float32)
 
 
+class InputTensors:
+    """The model inputs made from one frame, each computed once per distinct preprocessing.
+
+    Models that share a specification (the two lung-CT models: 160 × 160, padded, the same window) get the
+    same tensor, so a frame is windowed and resized once for both.
+    """
+
+    def __init__(self, frame: np.ndarray, attributes: PixelAttributes) -> None:
+        self.frame = frame
+        self.attributes = attributes
+        self._tensors: dict[Preprocessing, np.ndarray] = {}
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return int(self.frame.shape[0]), int(self.frame.shape[1])
+
+    def tensor(self, spec: Preprocessing) -> np.ndarray:
+        if spec not in self._tensors:
+            self._tensors[spec] = unit_grey_to_tensor(frame_to_unit_grey(self.frame, self.attributes, spec), spec)
+        return self._tensors[spec]
+
+
 def pad_to_square(image: np.ndarray) -> np.ndarray:
     """Centre the image on a black square whose side is its longer side."""
     rows, cols = image.shape

@@ -15,7 +15,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from orthanc_ai import heatmap_rendering
 from orthanc_ai.inference import LoadedModel, ModelLoadError
 from orthanc_ai.model_card import ModelCard
-from orthanc_ai.preprocessing import PixelAttributes, Preprocessing, input_region
+from orthanc_ai.preprocessing import InputTensors, PixelAttributes, Preprocessing, input_region
 from orthanc_ai.private_tags import Heatmap, ModelResult, read_results, write_results
 from tests.support.dicom_files import read, synthetic_ct
 from tests.support.onnx_models import build_model
@@ -47,7 +47,7 @@ def test_each_class_map_averages_to_its_logit(heatmap_model: LoadedModel):
 
 
 def test_the_result_carries_the_top_class_map_placed_on_the_frame(heatmap_model: LoadedModel):
-    result = heatmap_model.predict(bright_corner_frame(), PixelAttributes())
+    result = heatmap_model.predict(InputTensors(bright_corner_frame(), PixelAttributes()))
     assert result.top_class == "dark" and result.heatmap is not None
     assert (result.heatmap.class_name, result.heatmap.rows, result.heatmap.columns) == ("dark", 4, 4)
     # 300 rows × 200 columns padded to a 300 square: the grid starts 50 pixels left of the frame.
@@ -62,7 +62,7 @@ def test_the_result_carries_the_top_class_map_placed_on_the_frame(heatmap_model:
 
 def test_a_card_without_heatmap_gives_results_without_one(tmp_path: Path):
     model = LoadedModel(ModelCard.load(build_model(tmp_path, "plain", ["a", "b"], {})))
-    assert model.predict(bright_corner_frame(), PixelAttributes()).heatmap is None
+    assert model.predict(InputTensors(bright_corner_frame(), PixelAttributes())).heatmap is None
     assert model.card.summary()["heatmap"] is False
 
 
