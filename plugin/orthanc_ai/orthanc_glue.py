@@ -19,6 +19,7 @@ import orthanc
 from . import rest_api
 from .config import GLOBAL_PROPERTY_CHECKPOINT, METADATA_CLAIM, ConfigurationError, check_orthanc_settings, parse_config
 from .deletion_fence import ANY_RESOURCE
+from .heatmap_view import BinaryAnswer
 from .orthanc_api import MetadataConflict, ResourceNotFound
 from .private_tags import EXTRA_DICTIONARY_BLOCKS, orthanc_dictionary
 from .routing import Destination
@@ -407,6 +408,12 @@ def _register_routes() -> None:
         f"/ai/instances/{RESOURCE}/route",
         _keep_alive(_route("POST", lambda s, groups, body: rest_api.route_instance(s, groups[0], body))),
     )
+    # An instance's heatmap (?model=...&class=...&format=png|json): a PNG or JSON answer.
+    orthanc.RegisterRestCallback(
+        f"/ai/instances/{RESOURCE}/heatmap",
+        _keep_alive(_route("GET", lambda s, groups, query: rest_api.instance_heatmap(s, groups[0], query),
+                           query=True)),
+    )
 
 
 def _query_route(handler: Callable[..., rest_api.Response]) -> Callable[..., None]:
@@ -419,7 +426,8 @@ def _query_route(handler: Callable[..., rest_api.Response]) -> Callable[..., Non
     return callback
 
 
-def _route(method: str, handler: Callable[..., rest_api.Response]) -> Callable[..., None]:
+def _route(method: str, handler: Callable[..., rest_api.Response], query: bool = False) -> Callable[..., None]:
+    """A route on resource ids; the handler gets the body, or with ``query`` the GET arguments."""
     def callback(output: Any, uri: str, **request: Any) -> None:
         if request.get("method") != method:
             output.SendMethodNotAllowed(method)
@@ -429,13 +437,17 @@ def _route(method: str, handler: Callable[..., rest_api.Response]) -> Callable[.
         if malformed:
             _answer(output, 404, {"error": f"not an Orthanc id: {malformed[0]!r}"})
             return
-        status, body = rest_api.guarded(handler, _service, groups, request.get("body") or b"")
+        argument = dict(request.get("get") or {}) if query else request.get("body") or b""
+        status, body = rest_api.guarded(handler, _service, groups, argument)
         _answer(output, status, body)
 
     return callback
 
 
 def _answer(output: Any, status: int, body: Any) -> None:
+    if isinstance(body, BinaryAnswer):  # only ever with 200
+        output.AnswerBuffer(body.data, body.content_type)
+        return
     text = json.dumps(body, indent=2, ensure_ascii=False)
     if status == 200:
         output.AnswerBuffer(text, "application/json")

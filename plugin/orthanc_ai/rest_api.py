@@ -13,7 +13,7 @@ from typing import Any
 
 import pydicom
 
-from . import upload as uploads
+from . import heatmap_view, upload as uploads
 from .config import METADATA_SOURCE_FILE, METADATA_STATUS
 from .decoding import InstanceSkipped, int_or_none, read_header
 from .labels import label_for
@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 
 Response = tuple[int, Any]
 PREDICT_KEYS = {"models", "force"}
+
+
+def instance_heatmap(service: PluginService, instance_id: str, query: dict[str, str]) -> Response:
+    """``GET /ai/instances/{id}/heatmap?model=…[&class=…][&format=png|json]`` (heatmap_view.py); a PNG
+    answer is a ``heatmap_view.BinaryAnswer``."""
+    return heatmap_view.instance_heatmap(service, instance_id, query)
 
 
 def list_models(service: PluginService) -> Response:
@@ -182,6 +188,7 @@ def children_predictions(service: PluginService, level: str, resource_id: str) -
                     {
                         "model": r.model, "version": r.version, "topClass": r.top_class,
                         "topProbability": r.top_probability, "dateTime": r.predicted_at.isoformat(timespec="seconds"),
+                        "heatmap": r.heatmap is not None,
                     }
                     for r in results
                 ],
@@ -283,8 +290,10 @@ def guarded(handler: Callable[..., Response], *args: Any) -> Response:
         return 400, {"error": str(error)}
     except UnknownModel as error:
         return 400, {"error": str(error)}
-    except ResourceNotFound as error:
+    except (ResourceNotFound, heatmap_view.NotPredicted) as error:
         return 404, {"error": str(error) or "not found"}
+    except heatmap_view.Conflict as error:
+        return 409, {"error": str(error)}
     except Exception as error:
         log.exception("REST handler %s failed", handler.__name__)
         return 500, {"error": f"{error.__class__.__name__}: {error}"}

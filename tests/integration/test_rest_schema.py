@@ -26,8 +26,11 @@ def schema_with_examples(path: Path, examples: dict[str, str]) -> Path:
         level = route.split("/")[2]
         if level in examples:
             for operation in operations.values():
-                operation["parameters"] = [dict(schema["components"]["parameters"]["Id"],
-                                                example=examples[level])]
+                # The path's id gets the example; query parameters (the heatmap's model, class …) stay.
+                operation["parameters"] = [
+                    dict(schema["components"]["parameters"]["Id"], example=examples[level])
+                    if parameter == {"$ref": "#/components/parameters/Id"} else parameter
+                    for parameter in operation.get("parameters", [])]
     path.write_text(yaml.safe_dump(schema, sort_keys=False))
     return path
 

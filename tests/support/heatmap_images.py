@@ -1,0 +1,43 @@
+"""Images with a known bright region, and reading a heatmap's value back from its jet colours."""
+from __future__ import annotations
+
+import numpy as np
+
+from orthanc_ai.heatmap_rendering import jet
+from tests.support.dicom_files import ct_from_grey
+
+# The heatmap test model's classes and (slope, bias) per class (tests/support/onnx_models.build_model):
+# "bright" is hottest where the image is brightest, "dark" where it is darkest (or padded); the bias makes
+# "bright" the top class of the images below, whose padding to a square is black.
+HEAT_CLASSES = ["dark", "bright"]
+HEAT_WEIGHTS = [(-4.0, 0.0), (4.0, 8.0)]
+# Grey levels of the quarters (8-bit, before ct_from_grey maps them to Hounsfield units).
+BRIGHT, DARK, MIDDLE = 230, 10, 110
+_JET_TABLE = jet(np.linspace(0.0, 1.0, 256)).astype(np.int32)  # (256, 3)
+
+
+def quarters_grey(rows: int, columns: int) -> np.ndarray:
+    """Top-right quarter bright, bottom-left quarter dark, the rest mid-grey (uint8)."""
+    grey = np.full((rows, columns), MIDDLE, dtype=np.uint8)
+    grey[: rows // 2, columns // 2:] = BRIGHT
+    grey[rows // 2:, : columns // 2] = DARK
+    return grey
+
+
+def quarters_ct(rows: int, columns: int, study_uid: str, series_uid: str, instance_number: int = 1) -> bytes:
+    """A CT slice (Hounsfield units) of ``quarters_grey``."""
+    return ct_from_grey(quarters_grey(rows, columns), study_uid, series_uid, instance_number)
+
+
+def heat_from_jet(rgb: np.ndarray) -> np.ndarray:
+    """Each pixel's position (0–1) on the jet scale: the nearest colour of the scale (rows × columns)."""
+    pixels = np.asarray(rgb, dtype=np.int32)[..., :3].reshape(-1, 1, 3)
+    distances = np.abs(pixels - _JET_TABLE[None, :, :]).sum(axis=2)
+    return (distances.argmin(axis=1) / 255.0).reshape(rgb.shape[:2])
+
+
+def hottest(rgb: np.ndarray) -> tuple[float, float]:
+    """(row, column) centroid of the pixels within 2 % of the top of the jet scale."""
+    heat = heat_from_jet(rgb)
+    rows, columns = np.nonzero(heat >= heat.max() - 0.02)
+    return float(rows.mean()), float(columns.mean())
