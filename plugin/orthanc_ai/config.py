@@ -58,6 +58,8 @@ class PluginConfig:
     deletion_filter: str = "auto"
     # "Outputs": a DICOM Structured Report per analysed series and model (series_reports.py).
     structured_report: bool = True
+    # "Outputs": a heatmap Secondary Capture per predicted image and model with a map (heatmap_writer.py).
+    heatmap_secondary_capture: bool = False
     # Claim each instance before predicting it (AIClaim): "auto" where the index is in a database server
     # several nodes can share (capabilities.py), "always", or "never".
     claims: str = "auto"
@@ -119,7 +121,7 @@ def parse_config(orthanc_configuration: Mapping[str, Any], config_directory: Pat
             raise ConfigurationError(f'"{SECTION}.EnabledModels" must be a list of model names')
         values["enabled_models"] = tuple(names)
     if "outputs" in values:
-        values["structured_report"] = _parse_outputs(values.pop("outputs"))
+        values.update(_parse_outputs(values.pop("outputs")))
     values["user_metadata"] = _declared_names(orthanc_configuration, "UserMetadata")
     values["user_attachments"] = _declared_names(orthanc_configuration, "UserContentType")
     config = PluginConfig(**values)
@@ -132,11 +134,12 @@ def _declared_names(orthanc_configuration: Mapping[str, Any], key: str) -> froze
     return frozenset(declared) if isinstance(declared, Mapping) else frozenset()
 
 
-OUTPUT_KEYS = ("PrivateTags", "StructuredReport")
+OUTPUT_KEYS = ("PrivateTags", "StructuredReport", "HeatmapSecondaryCapture")
 
 
-def _parse_outputs(outputs: Mapping[str, Any]) -> bool:
-    """``"Outputs": {"PrivateTags": true, "StructuredReport": true}``; answers whether SRs are written."""
+def _parse_outputs(outputs: Mapping[str, Any]) -> dict[str, bool]:
+    """``"Outputs": {"PrivateTags": true, "StructuredReport": true, "HeatmapSecondaryCapture": false}``;
+    answers the PluginConfig attributes: whether SRs and heatmap Secondary Captures are written."""
     unknown = sorted(set(outputs) - set(OUTPUT_KEYS))
     if unknown:
         raise ConfigurationError(f'unknown key(s) in "{SECTION}.Outputs": {", ".join(unknown)}; '
@@ -147,7 +150,8 @@ def _parse_outputs(outputs: Mapping[str, Any]) -> bool:
     if outputs.get("PrivateTags", True) is not True:
         raise ConfigurationError(f'"{SECTION}.Outputs.PrivateTags" cannot be false: the private tags are where '
                                  "results are kept, and the Structured Reports are built from them")
-    return bool(outputs.get("StructuredReport", True))
+    return {"structured_report": bool(outputs.get("StructuredReport", True)),
+            "heatmap_secondary_capture": bool(outputs.get("HeatmapSecondaryCapture", False))}
 
 
 def _check_ranges(config: PluginConfig) -> None:

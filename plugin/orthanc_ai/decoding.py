@@ -31,6 +31,12 @@ SUPPORTED_PHOTOMETRIC = {
 # Objects that carry pixel data but are not images to classify.
 NON_IMAGE_MODALITIES = {"SEG", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "SR", "PR", "KO", "DOC", "REG", "OT-PDF"}
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+# The plugin's own heatmap Secondary Captures (heatmap_capture.py) are never classified. They are known by three
+# attributes together: the SOP class, the Manufacturer the plugin writes into everything it creates
+# (structured_report.MANUFACTURER is this constant) and Image Type DERIVED\SECONDARY.
+PLUGIN_MANUFACTURER = "orthanc-ai"
+SECONDARY_CAPTURE_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+PLUGIN_HEATMAP_REASON = "the plugin's own heatmap"
 HEADER_KEYWORDS = (
     "Modality", "SOPClassUID", "PhotometricInterpretation", "BodyPartExamined",
     "ImageType", "ViewPosition", "StudyDescription", "SeriesDescription",
@@ -83,6 +89,8 @@ def _read_header(dicom: bytes, max_frame_pixels: int) -> InstanceHeader:
     if any(tag.group == 0 for tag in dataset.keys()):
         # Command elements belong in DIMSE messages, never in a stored file; pydicom will not write one back.
         raise InstanceSkipped("command set elements (group 0000) in the file: results cannot be written into it")
+    if is_plugin_heatmap(dataset):
+        raise InstanceSkipped(PLUGIN_HEATMAP_REASON)
     modality = header["Modality"].upper()
     if not any(tag in dataset for tag in PIXEL_DATA_TAGS):
         raise InstanceSkipped(f"no pixel data (Modality {modality or 'absent'}, SOP class {header['SOPClassUID']})")
@@ -123,6 +131,14 @@ def _read_header(dicom: bytes, max_frame_pixels: int) -> InstanceHeader:
         pixels=pixels,
         dataset=dataset,
     )
+
+
+def is_plugin_heatmap(dataset: Dataset) -> bool:
+    """Whether the instance is one of the plugin's heatmap Secondary Captures (see PLUGIN_MANUFACTURER)."""
+    image_type = [value.strip().upper() for value in _text(dataset.get("ImageType")).split("\\")]
+    return (_text(dataset.get("SOPClassUID")) == SECONDARY_CAPTURE_IMAGE_STORAGE
+            and _text(dataset.get("Manufacturer")) == PLUGIN_MANUFACTURER
+            and image_type[:2] == ["DERIVED", "SECONDARY"])
 
 
 def decode_analysed_frame(

@@ -98,10 +98,13 @@ class DeletionFence:
         return self._clock()
 
     @contextmanager
-    def store_back(self, ticket: float, ids: OrthancIds | None, instance_id: str) -> Iterator[None]:
+    def store_back(self, ticket: float, ids: OrthancIds | None, instance_id: str,
+                   overwrite: bool = True) -> Iterator[None]:
         """Around the POST that stores the tagged copy; raises DeletedMeanwhile instead of entering.
 
         ``ids`` None (Orthanc's ids could not be derived from the file): any deletion request counts.
+        ``overwrite`` False: the POST stores a new instance beside ``instance_id`` (a heatmap Secondary
+        Capture in its study), fenced the same way, but replacing nothing (no Deleted change of ours follows).
         """
         concerned = set(ids.all()) if ids is not None else None
         with self._condition:
@@ -113,7 +116,8 @@ class DeletionFence:
             store = self._next_store
             self._next_store += 1
             self._stores_under_way.add(store)
-            self._own_overwrites.setdefault(instance_id, []).append(self._clock())
+            if overwrite:
+                self._own_overwrites.setdefault(instance_id, []).append(self._clock())
         stored = False
         try:
             yield
@@ -121,7 +125,7 @@ class DeletionFence:
         finally:
             with self._condition:
                 self._stores_under_way.discard(store)
-                if not stored:  # no overwrite happened, so no Deleted change of ours will come
+                if not stored and overwrite:  # no overwrite happened, so no Deleted change of ours will come
                     self._forget_own_overwrite(instance_id)
                 self._condition.notify_all()
 

@@ -150,7 +150,8 @@ class PredictionPipeline:
         self.status.set_stage(instance_id, "storing")
         self._store_back(instance_id, tagged, carryover, run.provenance, ticket, ids)
         replaced = {r.model for r in results}
-        return Outcome(instance_id, "predicted", results=[r for r in existing if r.model not in replaced] + results)
+        return Outcome(instance_id, "predicted", results=[r for r in existing if r.model not in replaced] + results,
+                       replaced=[r for r in existing if r.model in replaced])
 
     @staticmethod
     def _provenance(metadata: dict[str, str], size: int) -> dict:

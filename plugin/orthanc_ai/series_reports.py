@@ -11,8 +11,9 @@ from the results, so a report that exists already is not written again, two node
 write the same instance, and a re-prediction (new results) gives a new SR: it is stored first, then
 the model's older SRs of that series are deleted.
 
-Never: SR series (ours or anyone's) are not reported on, and our own SR stores are not queued for
-prediction (the echo guard), so a report never triggers another.
+Never: SR series (ours or anyone's) and the plugin's own series (Manufacturer ``orthanc-ai``: its heatmap
+Secondary Captures) are not reported on, and our own stores are not queued for prediction (the echo
+guard), so a report never triggers another.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import pydicom
 from pydicom import Dataset
 
 from .config import METADATA_STATUS
-from .decoding import int_or_none
+from .decoding import PLUGIN_MANUFACTURER, int_or_none
 from .instance_guards import EchoGuard, InstanceLocks
 from .orthanc_api import ResourceNotFound
 from .orthanc_ids import orthanc_ids_of
@@ -173,9 +174,13 @@ class SeriesReporter:
 
     def _report(self, series_id: str, require_complete: bool) -> ReportOutcome:
         series = self.api.series(series_id)
-        modality = str(series.get("MainDicomTags", {}).get("Modality", "")).upper()
+        tags = series.get("MainDicomTags", {})
+        modality = str(tags.get("Modality", "")).upper()
         if modality in NOT_REPORTED_MODALITIES:
             return ReportOutcome(series_id, "not reported", f"{modality} series are not reported on")
+        if str(tags.get("Manufacturer", "")).strip() == PLUGIN_MANUFACTURER:
+            # The plugin's own output (its heatmap Secondary Captures): never predicted, so never complete.
+            return ReportOutcome(series_id, "not reported", "the plugin's own series are not reported on")
         # The metadata first: a series still being predicted is looked at every few seconds, its files
         # are read only once it is complete.
         if require_complete:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .capabilities import OrthancCapabilities
 from .config import PluginConfig
 from .forwarding import Forwarder
+from .heatmap_writer import HeatmapCaptureWriter
 from .instance_guards import EchoGuard
 from .labels import StudyLabeler
 from .orthanc_api import OrthancApi
@@ -68,6 +69,10 @@ class PluginService:
         # Labels for Orthanc Explorer 2 where Orthanc has them (1.12+; asked at the first prediction).
         labeller = StudyLabeler(api, lambda: capabilities.labels)
         pipeline.after_prediction.append(labeller)
+        if config.heatmap_secondary_capture:
+            status.heatmap_captures_enabled = True
+            pipeline.after_prediction.append(HeatmapCaptureWriter(
+                api, registry, echoes, pipeline.fence, status, config.max_frame_pixels))
         reporter.after_report.append(labeller.on_report)
         if not registry.models:
             log.error("No model could be loaded from %s: nothing will be predicted", config.models_directory)

@@ -23,6 +23,8 @@ class Outcome:
     reason: str | None = None
     results: list[Any] = field(default_factory=list)  # ModelResult
     seconds: float = 0.0
+    # The earlier results (ModelResult) this prediction replaced in the instance: their outputs are outdated.
+    replaced: list[Any] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,9 @@ class PluginStatus:
         self._not_written: OrderedDict[str, dict[str, str]] = OrderedDict()  # instance id → state, reason
         self.echoes_ignored = 0
         self.dropped = 0
+        # The heatmap Secondary Captures (heatmap_writer.py): whether they are on, and their outcomes.
+        self.heatmap_captures_enabled = False
+        self._heatmap_captures: Counter[str] = Counter()
 
     def set_stage(self, instance_id: str, stage: str | None) -> None:
         """The pipeline's progress on one instance (None: done), counted per stage in the snapshot."""
@@ -87,6 +92,11 @@ class PluginStatus:
             stages = set(self._stages.values()) | ({"queued"} if queued else set())
             self._deletion_requests.update(stages or {"idle"})
 
+    def record_heatmap_capture(self, state: str) -> None:
+        """One heatmap Secondary Capture's outcome: written, unchanged (already stored), gone or failed."""
+        with self._lock:
+            self._heatmap_captures[state] += 1
+
     def record_echo(self) -> None:
         with self._lock:
             self.echoes_ignored += 1
@@ -111,6 +121,8 @@ class PluginStatus:
                 "stages": dict(Counter(self._stages.values())),
                 "deletionRequestsByStage": dict(self._deletion_requests),
                 "recentProblems": list(self._recent_problems),
+                "heatmapSecondaryCaptures": {"enabled": self.heatmap_captures_enabled,
+                                             "outcomes": dict(self._heatmap_captures)},
                 "latencySeconds": {
                     "count": len(latencies),
                     "mean": round(sum(latencies) / len(latencies), 4) if latencies else None,

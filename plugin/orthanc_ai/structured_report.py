@@ -27,12 +27,12 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from . import __version__
-from .decoding import int_or_none
+from .decoding import PLUGIN_MANUFACTURER, int_or_none
 from .model_card import ClassCode, ModelCard
 from .private_tags import DISCLAIMER
 from .series_summary import AnalysedImage, SeriesSummary
 
-MANUFACTURER = "orthanc-ai"
+MANUFACTURER = PLUGIN_MANUFACTURER
 PROBABILITY_UNIT = hd.sr.CodedConcept("{probability}", "UCUM", "probability")
 IMAGE_COUNT_UNIT = hd.sr.CodedConcept("{images}", "UCUM", "images")
 # The plugin as an observer device: one fixed UID for every node and version (the software version is in

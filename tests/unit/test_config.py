@@ -46,3 +46,22 @@ def test_orthanc_settings_the_plugin_needs():
     ok = {"OverwriteInstances": True,
           "UserMetadata": {"AIStatus": 1, "AIProvenance": 2, "AISourceFileName": 3, "AIClaim": 4, "AIRouting": 5}}
     assert check_orthanc_settings(ok) == []
+
+
+def test_outputs_heatmap_secondary_capture_is_off_by_default_and_one_setting_turns_it_on():
+    assert parse_config({}, Path(".")).heatmap_secondary_capture is False
+    assert parse_config({"OrthancAI": {"Outputs": {"StructuredReport": False}}}, Path(".")).heatmap_secondary_capture \
+        is False
+    config = parse_config({"OrthancAI": {"Outputs": {"HeatmapSecondaryCapture": True}}}, Path("."))
+    assert config.heatmap_secondary_capture is True and config.structured_report is True
+
+
+@pytest.mark.parametrize("outputs, message", [
+    ({"HeatmapSecondaryCapture": "yes"}, '"OrthancAI.Outputs.HeatmapSecondaryCapture" must be true or false'),
+    ({"HeatmapCapture": True}, 'unknown key(s) in "OrthancAI.Outputs": HeatmapCapture; known keys: PrivateTags, '
+                               "StructuredReport, HeatmapSecondaryCapture"),
+])
+def test_bad_outputs_name_the_key(outputs, message):
+    with pytest.raises(ConfigurationError) as error:
+        parse_config({"OrthancAI": {"Outputs": outputs}}, Path("."))
+    assert message in str(error.value)
