@@ -13,7 +13,9 @@ the logits are. The result is a second graph output ``class_activation_maps`` (N
 
 The CLI rewrites ``model.onnx`` in place (an existing map output is replaced, not duplicated) and checks,
 on the model's test images when the data are present (else on random inputs), that the logits did not
-change and that each map's spatial mean equals its logit.
+change and that each map's spatial mean equals its logit. It then writes the card's ``heatmap`` section
+(keeping a ``faithfulness`` result already there, which ``training.heatmap_faithfulness`` fills) and its
+``file_size_bytes``.
 """
 from __future__ import annotations
 
@@ -264,6 +266,7 @@ def rewrite(folder: Path) -> None:
             raise RuntimeError(f"{path}: logits differ by {logits_diff}, map means by {mean_diff}")
         path.write_bytes(candidate.read_bytes())
     _update_split_hash(folder)
+    write_heatmap_section(folder)
     print(f"{folder.name}: {OUTPUT} {list(maps.shape[1:])} per image; on {len(x)} {source}: "
           f"max |logits new - old| = {logits_diff:.1e}, max |map mean - logit| = {mean_diff:.1e}; "
           f"{path.stat().st_size} bytes")
@@ -278,6 +281,45 @@ def _update_split_hash(folder: Path) -> None:
     if "onnx_sha256" in split:
         split["onnx_sha256"] = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
         split_path.write_text(json.dumps(split, indent=1) + "\n", encoding="utf-8")
+
+
+def heatmap_section(grid: tuple[int, int], ensemble: bool) -> dict[str, Any]:
+    """The card's description of the map output (the plugin reads ``output``)."""
+    return {
+        "output": OUTPUT,
+        "method": ("class activation map (Zhou et al., CVPR 2016): the final linear layer applied at every "
+                   "position of the last convolution's features, before the global average pooling"
+                   + ("; the mean of the ensemble members' maps" if ensemble else "")),
+        "grid": list(grid),
+        "covers": ("the whole network input: the frame padded to a centred black square (resize 'pad') or "
+                   "stretched (resize 'stretch'), then resized; each map cell covers input_height/grid_rows x "
+                   "input_width/grid_columns input pixels"),
+        "values": "logit units after the folded temperature; the spatial mean of a class's map is that class's logit",
+    }
+
+
+def map_grid(path: Path) -> tuple[int, int]:
+    """(rows, columns) of the map output of the ONNX file at ``path``."""
+    output = next(o for o in onnx.load(str(path)).graph.output if o.name == OUTPUT)
+    dims = output.type.tensor_type.shape.dim
+    return dims[2].dim_value, dims[3].dim_value
+
+
+def write_heatmap_section(folder: Path) -> None:
+    """Write the card's ``heatmap`` section (after ``output``, keeping a measured faithfulness) and file size."""
+    card_path = folder / "model.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    ensemble = int(card.get("training", {}).get("ensemble", 1)) > 1
+    section = heatmap_section(map_grid(folder / "model.onnx"), ensemble)
+    if "faithfulness" in card.get("heatmap", {}):
+        section["faithfulness"] = card["heatmap"]["faithfulness"]
+    # placed after the output section it extends
+    card = {key: value for key, value in card.items() if key != "heatmap"}
+    position = list(card).index("output") + 1
+    items = list(card.items())
+    card = dict(items[:position] + [("heatmap", section)] + items[position:])
+    card["file_size_bytes"] = (folder / "model.onnx").stat().st_size
+    card_path.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
 
 
 def main() -> None:

@@ -213,6 +213,10 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     from .report import write_report
     write_report(out, name, cfg, card, lf, lf_val, lf_uncal, extra, paper, paper_summary, res, group_stats,
                  split_counts, epochs, paper_epochs, wall)
+    from .class_activation_maps import write_heatmap_section
+    from .heatmap_faithfulness import update as update_faithfulness
+    write_heatmap_section(out)
+    update_faithfulness(out)
     print(f"[{name}] done in {wall / 60:.1f} min: {out}", flush=True)
 
 

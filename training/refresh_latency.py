@@ -5,7 +5,7 @@
 The latency written during training is measured while other jobs may share the CPU; this
 re-runs the same measurement (bench/bench_models.py method: batch 1, one intra-op thread,
 median of 300 runs after 30 warm-up runs) and rewrites ``latency_ms_batch1_1thread`` in
-``model.json`` and the figure in ``REPORT.md``.
+``model.json`` and the figure in ``REPORT.md`` (and the file size in both).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def main() -> None:
         if report.exists():
             text = report.read_text()
             text = re.sub(r"[0-9.]+ ms/image at batch 1 with one", f"{new:.2f} ms/image at batch 1 with one", text)
+            text = re.sub(r"opset 17; [0-9,]+ bytes;", f"opset 17; {card['file_size_bytes']:,} bytes;", text)
             report.write_text(text)
         print(f"{name}: {old} -> {new} ms")
 

@@ -175,8 +175,9 @@ def write_report(out: Path, name, cfg, card, lf, lf_val, lf_uncal, extra, paper,
     L += ["## 3. Targets", ""] + _target_lines(name, lf, paper_summary) + ["", TARGET_NOTES.get(name, ""), ""]
 
     L += ["## 4. Model and preprocessing", "",
-          f"* Input {cfg['size']}x{cfg['size']}x1 `input` (dynamic batch), output `logits` ({len(classes)} classes, "
-          f"order {classes}); opset 17; {card['file_size_bytes']:,} bytes; {card['latency_ms_batch1_1thread']:.2f} "
+          f"* Input {cfg['size']}x{cfg['size']}x1 `input` (dynamic batch), outputs `logits` ({len(classes)} classes, "
+          f"order {classes}) and `class_activation_maps` (one map per class, see the card's `heatmap`); opset 17; "
+          f"{card['file_size_bytes']:,} bytes; {card['latency_ms_batch1_1thread']:.2f} "
           "ms/image at batch 1 with one onnxruntime thread (median, `bench/bench_models.py`).",
           f"* {card['architecture']}; AdamW, one-cycle schedule, settings `{card['training']}` (class weights = "
           "(inverse frequency)^class_weight_power; ema = decay of the weight average used for evaluation), "
