@@ -109,7 +109,11 @@ class DeletionFence:
         concerned = set(ids.all()) if ids is not None else None
         with self._condition:
             self._expire()
-            reason = self._deletion_since(ticket, concerned, instance_id)
+            # Beside an overwrite (a new instance in the study), only the source's own Deleted change counts: the
+            # parents' come from our own overwrites too (a one-image study is emptied and created again), and a
+            # real deletion of a parent also signals the source (the caller checks that it exists, as well).
+            reason = self._deletion_since(ticket, concerned, instance_id,
+                                          concerned if overwrite else {instance_id})
             if reason:
                 self.refused += 1
                 raise DeletedMeanwhile(reason)
@@ -129,14 +133,16 @@ class DeletionFence:
                     self._forget_own_overwrite(instance_id)
                 self._condition.notify_all()
 
-    def _deletion_since(self, ticket: float, concerned: set[str] | None, instance_id: str) -> str | None:
+    def _deletion_since(self, ticket: float, concerned: set[str] | None, instance_id: str,
+                        deleted_concerned: set[str] | None) -> str | None:
         for target in self._pending:
             if target == ANY_RESOURCE or concerned is None or target in concerned:
                 return f"a deletion of {target} is under way"
         for when, resource in self._deleted:
             if when < ticket:
                 continue
-            if resource == instance_id or resource == ANY_RESOURCE or (concerned is None or resource in concerned):
+            if resource == instance_id or resource == ANY_RESOURCE or (
+                    deleted_concerned is None or resource in deleted_concerned):
                 return f"{resource} was deleted after the instance was read"
         return None
 

@@ -38,12 +38,11 @@ from orthanc_ai.private_tags import DISCLAIMER, ModelResult
 from orthanc_ai.series_reports import SeriesReporter
 from orthanc_ai.status import Outcome, PluginStatus
 from orthanc_ai.structured_report import MANUFACTURER, encode
-from tests.support.dicom_files import SECONDARY_CAPTURE, _base, read, synthetic_ct, to_bytes
+from tests.support.dicom_files import SECONDARY_CAPTURE, read, synthetic_ct, to_bytes
+from tests.support.heatmap_pixels import CELL, heat_of, multi_frame
 
 BRIGHTNESS = [(-4.0, 0.0), (4.0, 0.0)]  # "dark" and "bright": the bright class's map is hot where the image is
-MULTI_FRAME_GREY_BYTE_SC = "1.2.840.10008.5.1.4.1.1.7.2"
 WINDOW = {"center": 40, "width": 400}
-CELL = 16  # a 64-pixel frame: each of the model's 4 × 4 map cells covers 16 × 16 pixels
 
 
 @pytest.fixture(scope="module")
@@ -65,37 +64,11 @@ def ct_with_bright_cell(row_cell: int = 1, column_cell: int = 2, **options: Any)
     return to_bytes(ds)
 
 
-def multi_frame(bright_cells: list[tuple[int, int]]) -> bytes:
-    """A grey multi-frame Secondary Capture, one frame per white cell on light grey."""
-    ds = _base(MULTI_FRAME_GREY_BYTE_SC, "OT", None, None, 7)
-    frames = np.full((len(bright_cells), 64, 64), 180, dtype=np.uint8)
-    for index, (row, column) in enumerate(bright_cells):
-        frames[index, row * CELL:(row + 1) * CELL, column * CELL:(column + 1) * CELL] = 255
-    ds.NumberOfFrames, ds.Rows, ds.Columns = len(bright_cells), 64, 64
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.ConversionType = "WSD"
-    ds.PixelData = frames.tobytes()
-    return to_bytes(ds)
-
-
 def predicted(model: LoadedModel, dicom: bytes) -> tuple[ModelResult, Any, np.ndarray]:
     instance = read_header(dicom, 10**8)
     frame = decode_analysed_frame(instance)
     result = model.predict(InputTensors(frame, instance.pixels), frame_number=instance.analysed_frame_index + 1)
     return result, instance, frame
-
-
-def heat_of(rgb: np.ndarray) -> np.ndarray:
-    """The map level (0–1) of each blended pixel, from its colour alone: grey adds the same to R, G and B, so
-    (R − B, G − B) are the jet colour's own, which tells its level."""
-    levels = np.linspace(0, 1, 256, dtype=np.float32)
-    scale = jet(levels).astype(np.float32)
-    keys = np.stack([scale[:, 0] - scale[:, 2], scale[:, 1] - scale[:, 2]], axis=1)
-    pixels = rgb.astype(np.float32)
-    seen = np.stack([pixels[..., 0] - pixels[..., 2], pixels[..., 1] - pixels[..., 2]], axis=-1) / 0.4
-    distances = ((seen[..., None, :] - keys) ** 2).sum(axis=-1)
-    return levels[distances.argmin(axis=-1)]
 
 
 def dciodvfy_errors(dataset: Dataset, folder: Path) -> list[str]:
