@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import numpy as np
 import orthanc
@@ -421,9 +422,17 @@ def _query_route(handler: Callable[..., rest_api.Response]) -> Callable[..., Non
         if request.get("method") != "GET":
             output.SendMethodNotAllowed("GET")
             return
-        _answer(output, *rest_api.guarded(handler, _service, dict(request.get("get") or {})))
+        _answer(output, *rest_api.guarded(handler, _service, _query_arguments(request)))
 
     return callback
+
+
+def _query_arguments(request: dict[str, Any]) -> dict[str, str]:
+    """The GET arguments, percent-decoded: Orthanc 1.10.1 (plugin 4.0) hands them to plugins as they came in
+    the URL (``class=bright%20%26%20dark``), so a class name with a space, ``&`` or non-ASCII letters would
+    not match. A value Orthanc already decoded stays the same unless it holds a literal ``%`` and two hex
+    digits."""
+    return {str(key): unquote(str(value)) for key, value in dict(request.get("get") or {}).items()}
 
 
 def _route(method: str, handler: Callable[..., rest_api.Response], query: bool = False) -> Callable[..., None]:
@@ -437,7 +446,7 @@ def _route(method: str, handler: Callable[..., rest_api.Response], query: bool =
         if malformed:
             _answer(output, 404, {"error": f"not an Orthanc id: {malformed[0]!r}"})
             return
-        argument = dict(request.get("get") or {}) if query else request.get("body") or b""
+        argument = _query_arguments(request) if query else request.get("body") or b""
         status, body = rest_api.guarded(handler, _service, groups, argument)
         _answer(output, status, body)
 

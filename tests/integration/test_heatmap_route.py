@@ -2,7 +2,7 @@
 computed on demand, and the errors.
 
 The test model's map is exact (tests/support/onnx_models.py): with brightness weights (-4, 0) for "dark"
-and (4, 8) for "bright", cell p of "bright" is 4·pooled[p] + 8 and of "dark" -4·pooled[p], so "bright" is
+and (4, 12) for "bright", cell p of "bright" is 4·pooled[p] + 12 and of "dark" -4·pooled[p], so "bright" is
 hottest where the image is brightest, "dark" where it is darkest (or padded).
 """
 from __future__ import annotations
@@ -102,8 +102,9 @@ def test_another_class_is_computed_on_demand(heat_orthanc, quarters):
     dark = json.loads(body)
     assert dark["source"] == "computed" and dark["class"] == "dark"
     assert dark["region"] == bright["region"] and (dark["rows"], dark["columns"]) == (4, 4)
-    # Weights (-4, 0) and (4, 8): the dark map is 8 minus the bright map.
-    assert dark["values"] == pytest.approx([8 - v for v in bright["values"]], abs=1e-5)
+    # Weights (-4, 0) and (4, b): the dark map is b minus the bright map.
+    bias = HEAT_WEIGHTS[1][1]
+    assert dark["values"] == pytest.approx([bias - v for v in bright["values"]], abs=1e-5)
     assert dark["probability"] == pytest.approx(1 - bright["probability"], abs=2e-6)
     row, column = hottest(png(heat_orthanc, quarters, f"model={MODEL}&class=dark"))
     assert row >= ROWS / 2 and column < COLUMNS / 2, (row, column)  # the dark bottom-left quarter

@@ -143,7 +143,11 @@
         ])
       ]),
       el('div', { className: 'ai-classes' }, rows),
-      el('div', { className: 'ai-meta', text: details.join(' · ') })
+      el('div', { className: 'ai-meta', text: details.join(' · ') }),
+      prediction.heatmap
+        ? el('button', { type: 'button', className: 'ai-button ai-small ai-show-heatmap', 'data-model': prediction.model,
+                         onclick: function () { chooseHeatmapModel(prediction.model, true); } }, ['Show heatmap'])
+        : el('div', { className: 'ai-meta ai-no-heatmap', text: 'No heatmap for this model.' })
     ]);
   }
 
@@ -185,7 +189,217 @@
     }
     if (predictions.length) {
       panel.appendChild(el('div', { className: 'ai-cards', id: 'ai-results' }, predictions.map(resultCard)));
+      var mapped = predictions.filter(function (p) { return !!p.heatmap; });
+      if (mapped.length) {
+        panel.appendChild(heatmapSection(uuid, mapped));
+      }
       panel.appendChild(el('p', { className: 'ai-disclaimer', text: DISCLAIMER }));
+    }
+  }
+
+  // --- heatmap over the analysed frame (GET /ai/instances/{id}/heatmap) ------------
+  var DEFAULT_OPACITY = 0.4;  // heatmap_rendering.DEFAULT_OPACITY
+  var MAX_STAGE_PX = 512;
+  // What the viewer shows, kept across re-renderings of the panel: { uuid, model, cls, opacity, visible }.
+  var heatmapChoice = { uuid: null };
+  var heatmapRequest = 0;
+
+  function jetColour(x) {
+    // heatmap_rendering.jet(): red, green, blue peak at 3/4, 1/2, 1/4 of the scale.
+    function channel(centre) {
+      return Math.round(Math.max(0, Math.min(1, 1.5 - Math.abs(4 * x - centre))) * 255);
+    }
+    return 'rgb(' + channel(3) + ',' + channel(2) + ',' + channel(1) + ')';
+  }
+
+  function jetGradient() {
+    // jet is piecewise linear with corners at 0, 1/8, 3/8, 5/8, 7/8, 1: these stops reproduce it exactly.
+    var stops = [0, 0.125, 0.375, 0.625, 0.875, 1].map(function (x) { return jetColour(x) + ' ' + (x * 100) + '%'; });
+    return 'linear-gradient(to right, ' + stops.join(', ') + ')';
+  }
+
+  function formatValue(v) {
+    var n = Number(v);
+    return Math.abs(n) >= 100 ? n.toFixed(0) : n.toPrecision(3);
+  }
+
+  function heatmapUrl(uuid, model, cls, format) {
+    return API + '/instances/' + encodeURIComponent(uuid) + '/heatmap?model=' + encodeURIComponent(model) +
+      (cls ? '&class=' + encodeURIComponent(cls) : '') + '&format=' + format;
+  }
+
+  function heatmapSection(uuid, mapped) {
+    if (heatmapChoice.uuid !== uuid) {
+      heatmapChoice = { uuid: uuid, model: null, cls: null, opacity: DEFAULT_OPACITY, visible: true };
+    }
+    var names = mapped.map(function (p) { return p.model; });
+    if (names.indexOf(heatmapChoice.model) < 0) {
+      heatmapChoice.model = names[0];
+      heatmapChoice.cls = null;
+    }
+    var modelSelect = el('select', { id: 'ai-heatmap-model', 'data-role': 'none' }, names.map(function (name) {
+      return el('option', { value: name, text: name });
+    }));
+    modelSelect.value = heatmapChoice.model;
+    modelSelect.addEventListener('change', function () { chooseHeatmapModel(modelSelect.value, false); });
+    var classSelect = el('select', { id: 'ai-heatmap-class', 'data-role': 'none' });
+    classSelect.addEventListener('change', function () {
+      heatmapChoice.cls = classSelect.value;
+      loadHeatmap(uuid);
+    });
+    var toggle = el('input', { type: 'checkbox', id: 'ai-heatmap-toggle', 'data-role': 'none' });
+    toggle.checked = heatmapChoice.visible;
+    toggle.addEventListener('change', function () {
+      heatmapChoice.visible = toggle.checked;
+      applyOverlayStyle();
+    });
+    var slider = el('input', { type: 'range', id: 'ai-heatmap-opacity', min: 0, max: 100, step: 5,
+                               value: Math.round(heatmapChoice.opacity * 100), 'data-role': 'none',
+                               'aria-label': 'Heatmap opacity' });
+    var sliderValue = el('span', { id: 'ai-heatmap-opacity-value', className: 'ai-heatmap-number',
+                                   text: Math.round(heatmapChoice.opacity * 100) + ' %' });
+    slider.addEventListener('input', function () {
+      heatmapChoice.opacity = Number(slider.value) / 100;
+      sliderValue.textContent = slider.value + ' %';
+      applyOverlayStyle();
+    });
+    slider.addEventListener('change', function () {
+      heatmapChoice.opacity = Number(slider.value) / 100;
+      sliderValue.textContent = slider.value + ' %';
+      applyOverlayStyle();
+    });
+    var legend = el('div', { className: 'ai-heatmap-legend', id: 'ai-heatmap-legend' }, [
+      el('div', { className: 'ai-heatmap-scale', style: 'background:' + jetGradient() }),
+      el('div', { className: 'ai-heatmap-scale-labels' }, [
+        el('span', {}, ['low ', el('span', { id: 'ai-heatmap-min', className: 'ai-heatmap-number' })]),
+        el('span', {}, ['high ', el('span', { id: 'ai-heatmap-max', className: 'ai-heatmap-number' })])
+      ])
+    ]);
+    var stage = el('div', { className: 'ai-heatmap-stage', id: 'ai-heatmap-stage' }, [
+      el('img', { id: 'ai-heatmap-image', className: 'ai-heatmap-base', alt: 'Analysed frame' }),
+      el('img', { id: 'ai-heatmap-overlay', className: 'ai-heatmap-overlay', alt: 'Heatmap' })
+    ]);
+    return el('div', { className: 'ai-heatmap', id: 'ai-heatmap' }, [
+      el('h3', { text: 'Heatmap: where the model looked' }),
+      el('div', { className: 'ai-heatmap-body' }, [
+        stage,
+        el('div', { className: 'ai-heatmap-controls' }, [
+          el('label', { className: 'ai-field', 'for': 'ai-heatmap-model' }, [el('span', { text: 'Model' }), modelSelect]),
+          el('label', { className: 'ai-field', 'for': 'ai-heatmap-class' }, [el('span', { text: 'Class' }), classSelect]),
+          el('label', { className: 'ai-heatmap-inline', 'for': 'ai-heatmap-toggle' }, [toggle, ' Show the heatmap']),
+          el('label', { className: 'ai-field', 'for': 'ai-heatmap-opacity' }, [
+            el('span', {}, ['Opacity ', sliderValue]), slider]),
+          legend,
+          el('p', { className: 'ai-meta', id: 'ai-heatmap-info' }),
+          el('p', { className: 'ai-status', id: 'ai-heatmap-status', text: 'Loading the heatmap…' })
+        ])
+      ])
+    ]);
+  }
+
+  function chooseHeatmapModel(model, scroll) {
+    var select = document.getElementById('ai-heatmap-model');
+    if (!select || !heatmapChoice.uuid) {
+      return;
+    }
+    select.value = model;
+    if (select.value !== model) {
+      return;  // not a model with a heatmap of this instance
+    }
+    if (heatmapChoice.model !== model) {
+      heatmapChoice.model = model;
+      heatmapChoice.cls = null;
+      loadHeatmap(heatmapChoice.uuid);
+    }
+    if (scroll) {
+      document.getElementById('ai-heatmap').scrollIntoView();
+    }
+  }
+
+  function applyOverlayStyle() {
+    var overlay = document.getElementById('ai-heatmap-overlay');
+    if (overlay) {
+      overlay.style.opacity = String(heatmapChoice.opacity);
+      overlay.style.display = heatmapChoice.visible ? '' : 'none';
+    }
+  }
+
+  function loadHeatmap(uuid) {
+    var status = document.getElementById('ai-heatmap-status');
+    if (!status || shown.instance !== uuid) {
+      return;
+    }
+    var number = ++heatmapRequest;
+    var model = heatmapChoice.model, cls = heatmapChoice.cls;
+    var stage = document.getElementById('ai-heatmap-stage');
+    stage.removeAttribute('data-ready');
+    status.textContent = cls ? 'Loading the heatmap of class ' + cls + '…' : 'Loading the heatmap…';
+    $.ajax({ url: heatmapUrl(uuid, model, cls, 'json'), dataType: 'json', cache: false }).done(function (answer) {
+      if (number !== heatmapRequest || shown.instance !== uuid) {
+        return;
+      }
+      showHeatmap(uuid, answer);
+    }).fail(function (xhr) {
+      if (number === heatmapRequest) {
+        status.textContent = 'Cannot show the heatmap: ' + errorText(xhr);
+      }
+    });
+  }
+
+  function showHeatmap(uuid, answer) {
+    var classSelect = document.getElementById('ai-heatmap-class');
+    clear(classSelect);
+    (answer.classes || []).forEach(function (name) {
+      classSelect.appendChild(el('option', { value: name, text: name }));
+    });
+    classSelect.value = answer['class'];
+    heatmapChoice.cls = answer['class'];
+    document.getElementById('ai-heatmap-min').textContent = formatValue(answer.min);
+    document.getElementById('ai-heatmap-max').textContent = formatValue(answer.max);
+    var info = 'Class ' + answer['class'] + (answer.probability !== null && answer.probability !== undefined
+      ? ' (' + percent(answer.probability) + ')' : '') + ' · ' +
+      (answer.source === 'tags' ? 'stored with the result' : 'computed now') + ' · frame ' + answer.frame +
+      ' · ' + answer.rows + ' × ' + answer.columns + ' grid, logit units';
+    document.getElementById('ai-heatmap-info').textContent = info;
+
+    var stage = document.getElementById('ai-heatmap-stage');
+    var base = document.getElementById('ai-heatmap-image');
+    var overlay = document.getElementById('ai-heatmap-overlay');
+    var status = document.getElementById('ai-heatmap-status');
+    // Displayed at least 320 and at most 512 pixels wide, the overlay stretched over it exactly.
+    var width = Math.max(320, Math.min(MAX_STAGE_PX, answer.frameColumns));
+    stage.style.width = width + 'px';
+    stage.style.height = Math.round(width * answer.frameRows / answer.frameColumns) + 'px';
+    var pending = 2;
+    function loaded() {
+      pending -= 1;
+      if (pending === 0) {
+        stage.setAttribute('data-ready', 'true');
+        status.textContent = '';
+      }
+    }
+    base.onload = loaded;
+    overlay.onload = loaded;
+    base.onerror = function () { status.textContent = 'Orthanc cannot render this frame.'; };
+    overlay.onerror = function () { status.textContent = 'Cannot load the heatmap image.'; };
+    overlay.setAttribute('data-class', answer['class']);
+    overlay.setAttribute('data-model', answer.model);
+    applyOverlayStyle();
+    var frameUrl = '../instances/' + encodeURIComponent(uuid) + '/frames/' + (answer.frame - 1) + '/preview';
+    if (base.getAttribute('src') === frameUrl && base.complete) {
+      loaded();
+    } else {
+      base.setAttribute('src', frameUrl);
+    }
+    var overlayUrl = heatmapUrl(uuid, answer.model, answer['class'], 'png');
+    if (overlay.getAttribute('src') === overlayUrl && overlay.complete) {
+      loaded();
+    } else {
+      overlay.setAttribute('src', overlayUrl);
+    }
+    if (heatmapChoice.scroll) {
+      heatmapChoice.scroll = false;
+      document.getElementById('ai-heatmap').scrollIntoView();
     }
   }
 
@@ -203,6 +417,7 @@
           return;
         }
         renderInstance(uuid, answer);
+        loadHeatmap(uuid);
         if (waitForPrediction && !pending) {
           refreshOrthancInstance();
         }
@@ -348,7 +563,11 @@
       models.forEach(function (m) {
         var p = byModel[m];
         cells.push(p ? el('td', { className: 'ai-cell', 'data-model': m }, [
-          el('strong', { text: p.topClass }), ' ', el('span', { text: percent(p.topProbability) })
+          el('strong', { text: p.topClass }), ' ', el('span', { text: percent(p.topProbability) }),
+          p.heatmap ? ' ' : null,
+          p.heatmap ? el('a', { className: 'ai-heatmap-link', title: 'Heatmap of ' + m + ' on this image',
+                                href: '#instance?uuid=' + encodeURIComponent(row.instance) + '&heatmap=' +
+                                      encodeURIComponent(m), text: 'heatmap' }) : null
         ]) : el('td', { className: 'ai-cell ai-none', text: '—' }));
       });
       var state = row.status ? row.status.state + (row.status.reason ? ': ' + row.status.reason : '') : 'not predicted';
@@ -683,6 +902,12 @@
       return;
     }
     shown.instance = uuid;
+    var asked = $.mobile.pageData.heatmap;
+    if (typeof asked === 'string' && asked) {
+      // From a series or study table's "heatmap" link: that model's heatmap, in view.
+      try { asked = decodeURIComponent(asked); } catch (e) { /* left as it came */ }
+      heatmapChoice = { uuid: uuid, model: asked, cls: null, opacity: DEFAULT_OPACITY, visible: true, scroll: true };
+    }
     var wait = !!pendingPrediction[uuid];
     delete pendingPrediction[uuid];
     renderInstance(uuid, null, 'Loading AI results…');
