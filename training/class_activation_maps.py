@@ -31,6 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import data as D
+from .test_split import load_test_split, missing_files
 
 OUTPUT = "class_activation_maps"
 LOGITS = "logits"
@@ -228,14 +229,12 @@ def logits_nodes_unchanged(old: onnx.ModelProto, new: onnx.ModelProto) -> bool:
     return serialised(old) == serialised(new)
 
 
-def _check_inputs(folder: Path, rows: int) -> tuple[np.ndarray, str]:
-    """The model's test images when the data are present, else random inputs."""
-    from .test_split import load_test_split, missing_files
-
+def _check_inputs(folder: Path, random_rows: int) -> tuple[np.ndarray, str]:
+    """The model's test images when the data are present, else ``random_rows`` random inputs."""
     if D.data_dir().is_dir() and not missing_files(folder):
         return load_test_split(folder).x, "test images"
     card = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    shape = (rows, card["input"]["channels"], card["input"]["height"], card["input"]["width"])
+    shape = (random_rows, card["input"]["channels"], card["input"]["height"], card["input"]["width"])
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32), "random inputs (no data)"
 
 
