@@ -120,7 +120,8 @@ def test_a_predicted_ct_gets_a_valid_capture_in_its_own_series_that_is_never_cla
     assert "AIStatus" not in orthanc.get(f"/instances/{capture_id}/metadata")
     status, answer = orthanc.post_json(f"/ai/instances/{capture_id}/predict", {"force": True})
     assert status == 200 and (answer["state"], answer["reason"]) == ("skipped", "the plugin's own heatmap")
-    assert orthanc.get(f"/ai/instances/{capture_id}/predictions")["predictions"] == []
+    shown = orthanc.get(f"/ai/instances/{capture_id}/predictions")
+    assert shown["predictions"] == [] and shown["status"]["reason"] == "the plugin's own heatmap"
     orthanc.wait_until(lambda: orthanc.status()["heatmapSecondaryCaptures"]["outcomes"].get("written", 0) >= 1, 10,
                        "the capture counted")
     assert orthanc.status()["heatmapSecondaryCaptures"]["enabled"] is True

@@ -167,3 +167,34 @@ def test_an_own_overwrite_whose_deleted_change_never_came_is_forgotten(fence, cl
     clock.tick()
     fence.on_deleted("instance-a")  # so this one is a real deletion, not taken for ours
     assert not store(fence, ticket)
+
+
+def test_a_new_instance_beside_the_source_counts_only_the_sources_deleted_change(fence, clock):
+    """A heatmap Secondary Capture: our own overwrite of a one-image study signals its series, study and patient as
+    deleted (emptied, then created again); those must not refuse it. The source's own deletion, and any deletion
+    request of its parents, still do; and the store expects no Deleted change of an overwrite."""
+
+    def beside(ticket: float) -> bool:
+        try:
+            with fence.store_back(ticket, IDS, "instance-a", overwrite=False):
+                return True
+        except DeletedMeanwhile:
+            return False
+
+    ticket = fence.ticket()
+    clock.tick()
+    for parent in ("series-a", "study-a", "patient-a"):
+        fence.on_deleted(parent)
+    assert beside(ticket)
+    assert not store(fence, ticket), "a store-back still counts them"
+    fence.on_deleted("instance-a")
+    assert not beside(ticket), "the source itself was deleted"
+    later = fence.ticket()
+    clock.tick()
+    fence.on_deletion_request("study-a")
+    assert not beside(later), "a deletion of its study is under way"
+    fence.on_deleted("study-a")
+    clock.tick()
+    assert beside(fence.ticket())
+    fence.on_deleted("instance-a")  # no overwrite of ours to forget: a deletion like any other
+    assert not beside(later)
