@@ -147,7 +147,7 @@
       prediction.heatmap
         ? el('button', { type: 'button', className: 'ai-button ai-small ai-show-heatmap', 'data-model': prediction.model,
                          onclick: function () { chooseHeatmapModel(prediction.model, true); } }, ['Show heatmap'])
-        : el('div', { className: 'ai-meta ai-no-heatmap', text: 'No heatmap for this model.' })
+        : el('div', { className: 'ai-no-heatmap', text: 'No heatmap for this model.' })
     ]);
   }
 
