@@ -22,7 +22,7 @@ from .private_tags import read_results
 from .registry import UnknownModel
 from .request_body import BadRequest, BodyTooLarge, json_object
 from .routing import decide
-from .series_reports import NOT_REPORTED_MODALITIES, summary_json
+from .series_reports import summary_json, why_not_images
 from .service import PluginService
 from .tagging import stored_results
 
@@ -83,7 +83,8 @@ def predict_instance(service: PluginService, instance_id: str, body: bytes) -> R
 def predict_children(service: PluginService, level: str, resource_id: str, body: bytes) -> Response:
     """Predict every instance of a series or study, one after the other.
 
-    A study's series without images (the plugin's own SRs, anyone's KO, PR, SEG …) are left out.
+    A study's series without images to predict (the plugin's own SRs and heatmaps, anyone's KO, PR, SEG …) are
+    left out.
     """
     models, force = _parse_predict_body(body)
     if level == "series":
@@ -92,7 +93,7 @@ def predict_children(service: PluginService, level: str, resource_id: str, body:
         instances = []
         for series_id in service.api.study_series(resource_id):
             series = service.api.series(series_id)
-            if str(series.get("MainDicomTags", {}).get("Modality", "")).upper() not in NOT_REPORTED_MODALITIES:
+            if why_not_images(series.get("MainDicomTags", {})) is None:
                 instances += series["Instances"]
     outcomes = []
     for number, instance_id in enumerate(instances, start=1):

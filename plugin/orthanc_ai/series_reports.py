@@ -21,7 +21,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +44,17 @@ RETRY_SECONDS = 5.0
 COMPLETION_WAIT = 600.0  # a series whose images still lack an outcome after this is left (logged)
 # Series without images: never reported on, and left out of a study's Predict (explorer.js has the same list).
 NOT_REPORTED_MODALITIES = {"SR", "KO", "PR", "SEG", "RTSTRUCT", "DOC"}
+
+
+def why_not_images(series_tags: Mapping[str, Any]) -> str | None:
+    """Why a series (Orthanc's main DICOM tags of it) holds no images to predict or report, else None."""
+    modality = str(series_tags.get("Modality", "")).upper()
+    if modality in NOT_REPORTED_MODALITIES:
+        return f"{modality} series are not reported on"
+    if str(series_tags.get("Manufacturer", "")).strip() == PLUGIN_MANUFACTURER:
+        # The plugin's own output (its heatmap Secondary Captures): never predicted, so never complete.
+        return "the plugin's own series are not reported on"
+    return None
 
 
 class ReportApi(Protocol):
@@ -174,13 +185,9 @@ class SeriesReporter:
 
     def _report(self, series_id: str, require_complete: bool) -> ReportOutcome:
         series = self.api.series(series_id)
-        tags = series.get("MainDicomTags", {})
-        modality = str(tags.get("Modality", "")).upper()
-        if modality in NOT_REPORTED_MODALITIES:
-            return ReportOutcome(series_id, "not reported", f"{modality} series are not reported on")
-        if str(tags.get("Manufacturer", "")).strip() == PLUGIN_MANUFACTURER:
-            # The plugin's own output (its heatmap Secondary Captures): never predicted, so never complete.
-            return ReportOutcome(series_id, "not reported", "the plugin's own series are not reported on")
+        not_images = why_not_images(series.get("MainDicomTags", {}))
+        if not_images is not None:
+            return ReportOutcome(series_id, "not reported", not_images)
         # The metadata first: a series still being predicted is looked at every few seconds, its files
         # are read only once it is complete.
         if require_complete:

@@ -16,8 +16,15 @@
     'to be read by a qualified professional.';
   var POLL_MS = 1000;
   var NOUN = { instance: 'image', series: 'series', studies: 'study' };
-  // Series modalities without images (as series_reports.NOT_REPORTED_MODALITIES).
+  // Series without images to predict, as series_reports.why_not_images: these modalities, and the plugin's own
+  // heatmap Secondary Captures (Manufacturer orthanc-ai).
   var NOT_IMAGES = ['SR', 'KO', 'PR', 'SEG', 'RTSTRUCT', 'DOC'];
+  var PLUGIN_MANUFACTURER = 'orthanc-ai';
+
+  function holdsImages(series) {
+    var tags = series.MainDicomTags || {};
+    return NOT_IMAGES.indexOf(tags.Modality) < 0 && $.trim(tags.Manufacturer || '') !== PLUGIN_MANUFACTURER;
+  }
   var POLL_LIMIT_MS = 120000;
 
   // Which resource each of our panels currently shows (stale answers are dropped).
@@ -500,7 +507,7 @@
     // One line per analysed series and model: the series of the study, then each one's summary.
     var deferred = $.Deferred();
     $.ajax({ url: '../studies/' + uuid + '/series', dataType: 'json', cache: false }).done(function (series) {
-      var analysed = series.filter(function (s) { return NOT_IMAGES.indexOf((s.MainDicomTags || {}).Modality) < 0; });
+      var analysed = series.filter(holdsImages);
       var calls = analysed.map(function (s) { return request('GET', '/series/' + s.ID + '/summary'); });
       if (!calls.length) {
         deferred.resolve([]);
@@ -620,9 +627,7 @@
     var path = level === 'series' ? '../series/' + uuid : '../studies/' + uuid + '/series';
     $.ajax({ url: path, dataType: 'json', cache: false }).done(function (answer) {
       // A study's report series (the plugin's SRs, anyone's KO or PR) hold no image to predict.
-      var series = level === 'series' ? [answer] : answer.filter(function (s) {
-        return NOT_IMAGES.indexOf((s.MainDicomTags || {}).Modality) < 0;
-      });
+      var series = level === 'series' ? [answer] : answer.filter(holdsImages);
       var all = [], samples = [];
       series.forEach(function (s) {
         all = all.concat(s.Instances || []);
