@@ -93,9 +93,9 @@ $(TRAIN_VENV)/.installed: requirements-train.txt
 	$(TRAIN_VENV)/bin/pip install -q -r requirements-train.txt
 	touch $@
 
-# Regenerate orthanc.json's "Dictionary" and docs/private-tags.md from plugin/orthanc_ai/private_tags.py.
+# Regenerate orthanc.json's "Dictionary" and docs/private-tags.md from plugin/orthanc_ai/dicom/private_tags.py.
 private-dictionary: install
-	PYTHONPATH=plugin $(VENV)/bin/python -m orthanc_ai.private_tags --update orthanc.json
+	PYTHONPATH=plugin $(VENV)/bin/python -m orthanc_ai.dicom.private_tags --update orthanc.json
 
 clean-state:
 	rm -rf state

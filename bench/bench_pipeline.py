@@ -376,11 +376,11 @@ class Bench:
     def stage_profile(self) -> None:
         """One 512x512 CT through the pipeline's stages outside Orthanc, and the file's REST round trip."""
         from orthanc_ai.config import parse_config
-        from orthanc_ai.decoding import decode_analysed_frame, read_header
+        from orthanc_ai.dicom.decoding import decode_analysed_frame, read_header
+        from orthanc_ai.dicom.tagging import add_results
+        from orthanc_ai.models.preprocessing import InputTensors
+        from orthanc_ai.models.registry import ModelRegistry
         from orthanc_ai.pipeline import SOFTWARE
-        from orthanc_ai.preprocessing import InputTensors
-        from orthanc_ai.registry import ModelRegistry
-        from orthanc_ai.tagging import add_results
 
         config = parse_config({"OrthancAI": {"ModelsDirectory": str(Path(self.args.models).resolve())}}, REPO)
         registry = ModelRegistry.load(config)

@@ -24,7 +24,7 @@ import onnxruntime  # noqa: E402
 import pydicom  # noqa: E402
 
 from orthanc_ai.config import check_orthanc_settings, parse_config  # noqa: E402
-from orthanc_ai.registry import ModelRegistry  # noqa: E402
+from orthanc_ai.models.registry import ModelRegistry  # noqa: E402
 
 for decoder in ("pylibjpeg", "libjpeg", "openjpeg", "rle"):  # pydicom's decoders of compressed syntaxes
     importlib.import_module(decoder)

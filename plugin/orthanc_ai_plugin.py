@@ -43,7 +43,7 @@ def _add_site_packages() -> None:
 
 _add_site_packages()
 try:
-    from orthanc_ai import orthanc_glue
+    from orthanc_ai.orthanc import orthanc_glue
 except ImportError as error:
     orthanc.LogError(
         f"OrthancAI: cannot import its dependencies ({error}). Run 'make install', or install "

@@ -22,8 +22,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugin"))
 
-from orthanc_ai.model_card import ModelCard  # noqa: E402
-from orthanc_ai.preprocessing import grey_from_8bit, unit_grey_to_tensor  # noqa: E402
+from orthanc_ai.models.model_card import ModelCard  # noqa: E402
+from orthanc_ai.models.preprocessing import grey_from_8bit, unit_grey_to_tensor  # noqa: E402
 
 MODELS = ["lung-ct-3", "lung-ct-6", "xray-bodypart"]
 # Re-running the same file on the same images is deterministic up to float rounding in the

@@ -15,7 +15,7 @@ from . import configs, data as D
 from .evaluate import evaluate, plot_confusion, plot_curves
 
 sys.path.insert(0, str(D.PLUGIN_DIR))
-from orthanc_ai.preprocessing import Preprocessing, grey_from_8bit, unit_grey_to_tensor
+from orthanc_ai.models.preprocessing import Preprocessing, grey_from_8bit, unit_grey_to_tensor
 
 LEAKAGE_FREE_FRACTIONS = {"train": 0.65, "val": 0.15, "test": 0.20}
 LEAKAGE_FREE_SEED = 20261122

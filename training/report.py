@@ -184,7 +184,7 @@ def write_report(out: Path, name, cfg, card, lf, lf_val, lf_uncal, extra, paper,
           "augmentation on the preprocessed tensors (affine, flip, contrast/brightness/gamma"
           + (", vertical squeeze with black bands" if cfg["augment"].get("squeeze_p") else "")
           + f"): `{cfg['augment']}`.",
-          "* Preprocessing (plugin's `plugin/orthanc_ai/preprocessing.py`, one implementation for training and "
+          "* Preprocessing (plugin's `plugin/orthanc_ai/models/preprocessing.py`, one implementation for training and "
           f"serving): {card['preprocessing']['description']}",
           ""]
     L += ["## 5. Data", "", f"* {card['dataset']['name']}", f"* Licence: {card['dataset']['licence']}",

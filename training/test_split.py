@@ -18,7 +18,7 @@ from . import data as D
 from .pipeline import preprocess_file
 
 sys.path.insert(0, str(D.PLUGIN_DIR))
-from orthanc_ai.preprocessing import Preprocessing
+from orthanc_ai.models.preprocessing import Preprocessing
 
 
 @dataclass

@@ -16,20 +16,20 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from . import __version__
-from .capabilities import OrthancCapabilities
 from .config import METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
-from .decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, is_extension_panic, read_header
-from .deletion_fence import PENDING_SECONDS, DeletedMeanwhile, DeletionFence
-from .inference import LoadedModel
-from .instance_guards import EchoGuard, InstanceLocks
-from .orthanc_api import MetadataConflict, OrthancApi, ResourceNotFound
-from .orthanc_ids import OrthancIds, orthanc_ids
-from .overwrite_carryover import Carryover, CarryoverSettings, read_carryover
-from .preprocessing import InputTensors
-from .private_tags import ModelResult, read_results
-from .registry import ModelRegistry
+from .dicom.decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, is_extension_panic, read_header
+from .dicom.private_tags import ModelResult, read_results
+from .dicom.tagging import ResultsNotWritable, add_results
+from .events.deletion_fence import PENDING_SECONDS, DeletedMeanwhile, DeletionFence
+from .events.instance_guards import EchoGuard, InstanceLocks
+from .models.inference import LoadedModel
+from .models.preprocessing import InputTensors
+from .models.registry import ModelRegistry
+from .orthanc.capabilities import OrthancCapabilities
+from .orthanc.orthanc_api import MetadataConflict, OrthancApi, ResourceNotFound
+from .orthanc.orthanc_ids import OrthancIds, orthanc_ids
+from .orthanc.overwrite_carryover import Carryover, CarryoverSettings, read_carryover
 from .status import Outcome, PluginStatus
-from .tagging import ResultsNotWritable, add_results
 
 log = logging.getLogger(__name__)
 

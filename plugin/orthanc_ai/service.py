@@ -4,21 +4,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .capabilities import OrthancCapabilities
 from .config import PluginConfig
-from .forwarding import Forwarder
-from .heatmap_writer import HeatmapCaptureWriter
-from .instance_guards import EchoGuard
-from .labels import StudyLabeler
-from .orthanc_api import OrthancApi
+from .dicom.tagging import stored_results
+from .events.instance_guards import EchoGuard
+from .events.recovery import BacklogRecovery
+from .events.work_queue import PredictionQueue
+from .models.registry import ModelRegistry
+from .orthanc.capabilities import OrthancCapabilities
+from .orthanc.orthanc_api import OrthancApi
+from .outputs.forwarding import Forwarder
+from .outputs.heatmap_writer import HeatmapCaptureWriter
+from .outputs.labels import StudyLabeler
+from .outputs.routing import check_destinations, decide, decide_for_report, parse_routing
+from .outputs.series_reports import SeriesReporter
 from .pipeline import PredictionPipeline
-from .recovery import BacklogRecovery
-from .registry import ModelRegistry
-from .routing import check_destinations, decide, decide_for_report, parse_routing
-from .series_reports import SeriesReporter
 from .status import PluginStatus
-from .tagging import stored_results
-from .work_queue import PredictionQueue
 
 log = logging.getLogger(__name__)
 

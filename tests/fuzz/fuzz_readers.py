@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugin"))
 
 with atheris.instrument_imports(include=["orthanc_ai", "pydicom"]):
     from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-    from orthanc_ai.decoding import InstanceSkipped, decode_analysed_frame, read_header
-    from orthanc_ai.private_tags import read_results
+    from orthanc_ai.dicom.decoding import InstanceSkipped, decode_analysed_frame, read_header
+    from orthanc_ai.dicom.private_tags import read_results
 
 # Small frames only: decoding a legitimately huge frame is slow, not a bug, and would eat the budget.
 MAX_FRAME_PIXELS = 1_000_000

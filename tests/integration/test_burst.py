@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-from orthanc_ai.private_tags import read_results
+from orthanc_ai.dicom.private_tags import read_results
 from tests.support.dicom_files import read, synthetic_ct
 
 INSTANCES = 500

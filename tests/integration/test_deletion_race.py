@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
-from orthanc_ai.orthanc_ids import orthanc_ids
+from orthanc_ai.orthanc.orthanc_ids import orthanc_ids
 from tests.support.dicom_files import read, synthetic_ct
 from tests.support.orthanc_process import OrthancProcess
 

@@ -28,7 +28,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 from pydicom.uid import generate_uid
 
-from orthanc_ai.labels import label_for, supports_labels
+from orthanc_ai.outputs.labels import label_for, supports_labels
 from tests.support.dicom_files import synthetic_ct
 from tests.support.orthanc_process import PROJECT
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from orthanc_ai import upload
-from orthanc_ai.orthanc_ids import orthanc_ids
+from orthanc_ai.orthanc.orthanc_ids import orthanc_ids
+from orthanc_ai.web import upload
 from tests.support.dicom_files import _base, read, secondary_capture, synthetic_ct, to_bytes
 
 UNKNOWN = "00000000-00000000-00000000-00000000-00000000"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from orthanc_ai.structured_report import MANUFACTURER
+from orthanc_ai.outputs.structured_report import MANUFACTURER
 from tests.support.dicom_files import read, synthetic_ct, to_bytes
 from tests.support.heatmap_pixels import CELL, heat_of, multi_frame
 from tests.support.onnx_models import build_model

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-from orthanc_ai.labels import conclusion_label, label_for, supports_labels
-from orthanc_ai.private_tags import read_results
+from orthanc_ai.dicom.private_tags import read_results
+from orthanc_ai.outputs.labels import conclusion_label, label_for, supports_labels
 from tests.support.dicom_files import read, synthetic_ct
 
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from orthanc_ai.labels import supports_labels
+from orthanc_ai.outputs.labels import supports_labels
 from tests.support.dicom_files import secondary_capture, synthetic_ct
 from tests.support.orthanc_process import OrthancProcess, project_configuration
 

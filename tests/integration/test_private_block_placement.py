@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-from orthanc_ai.private_tags import read_results
+from orthanc_ai.dicom.private_tags import read_results
 from tests.support.dicom_files import read, synthetic_ct, to_bytes
 
 

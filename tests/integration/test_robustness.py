@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-from orthanc_ai.private_tags import read_results
+from orthanc_ai.dicom.private_tags import read_results
 from tests.support.dicom_files import read, shared_data
 
 # Orthanc 1.10.1 itself (DCMTK's parser) dies with SIGSEGV on this file, with no plugin loaded at all

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-from orthanc_ai.private_tags import read_results
+from orthanc_ai.dicom.private_tags import read_results
 from tests.support.dicom_files import read, secondary_capture, synthetic_ct
 from tests.support.onnx_models import build_model
 from tests.support.orthanc_process import OrthancProcess, stop_all

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-from orthanc_ai.inference import LoadedModel
-from orthanc_ai.model_card import ModelCard
-from orthanc_ai.preprocessing import grey_from_8bit, unit_grey_to_tensor
-from orthanc_ai.private_tags import read_results
+from orthanc_ai.dicom.private_tags import read_results
+from orthanc_ai.models.inference import LoadedModel
+from orthanc_ai.models.model_card import ModelCard
+from orthanc_ai.models.preprocessing import grey_from_8bit, unit_grey_to_tensor
 from tests.integration.test_shipped_models_end_to_end import load_pixels
 from tests.support.dicom_files import DATA, ROBUSTNESS, read, secondary_capture
 from tests.support.orthanc_process import PROJECT, OrthancProcess, stop_all

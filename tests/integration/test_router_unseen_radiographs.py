@@ -12,7 +12,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-from orthanc_ai.private_tags import read_results
+from orthanc_ai.dicom.private_tags import read_results
 from tests.support.dicom_files import ROBUSTNESS, read
 from tests.support.orthanc_process import PROJECT, OrthancProcess, stop_all
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from orthanc_ai.inference import LoadedModel
-from orthanc_ai.model_card import ModelCard
-from orthanc_ai.preprocessing import grey_from_8bit, unit_grey_to_tensor
+from orthanc_ai.models.inference import LoadedModel
+from orthanc_ai.models.model_card import ModelCard
+from orthanc_ai.models.preprocessing import grey_from_8bit, unit_grey_to_tensor
 from tests.support.dicom_files import DATA, secondary_capture
 from tests.support.orthanc_process import PROJECT
 

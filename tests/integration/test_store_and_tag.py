@@ -8,9 +8,9 @@ import pydicom
 import pytest
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-from orthanc_ai.decoding import decode_analysed_frame, read_header
-from orthanc_ai.preprocessing import Preprocessing, frame_to_unit_grey, softmax, unit_grey_to_tensor
-from orthanc_ai.private_tags import GROUP, read_results
+from orthanc_ai.dicom.decoding import decode_analysed_frame, read_header
+from orthanc_ai.dicom.private_tags import GROUP, read_results
+from orthanc_ai.models.preprocessing import Preprocessing, frame_to_unit_grey, softmax, unit_grey_to_tensor
 from tests.support.dicom_files import read, synthetic_ct
 from tests.support.onnx_models import linear_weights
 

@@ -21,7 +21,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-from orthanc_ai.private_tags import ModelResult, read_results
+from orthanc_ai.dicom.private_tags import ModelResult, read_results
 from tests.support.dicom_files import DATA, ct_from_grey, read, secondary_capture
 from tests.support.orthanc_process import PROJECT, OrthancProcess, stop_all
 

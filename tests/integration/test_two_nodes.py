@@ -10,7 +10,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
-from orthanc_ai.private_tags import read_results
+from orthanc_ai.dicom.private_tags import read_results
 from tests.support.dicom_files import read, synthetic_ct
 from tests.support.orthanc_process import OrthancProcess, stop_all
 from tests.support.postgres import PostgresServer, postgres_bin

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orthanc_ai.heatmap_rendering import jet
+from orthanc_ai.outputs.heatmap_rendering import jet
 from tests.support.dicom_files import ct_from_grey
 
 # The heatmap test model's classes and (slope, bias) per class (tests/support/onnx_models.build_model):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orthanc_ai.heatmap_rendering import jet
+from orthanc_ai.outputs.heatmap_rendering import jet
 from tests.support.dicom_files import _base, to_bytes
 
 MULTI_FRAME_GREY_BYTE_SC = "1.2.840.10008.5.1.4.1.1.7.2"

@@ -7,8 +7,8 @@ import time
 import pytest
 from pydicom import Dataset
 
-from orthanc_ai.deletion_fence import ANY_RESOURCE, DeletedMeanwhile, DeletionFence
-from orthanc_ai.orthanc_ids import OrthancIds, orthanc_ids
+from orthanc_ai.events.deletion_fence import ANY_RESOURCE, DeletedMeanwhile, DeletionFence
+from orthanc_ai.orthanc.orthanc_ids import OrthancIds, orthanc_ids
 
 IDS = OrthancIds("patient-a", "study-a", "series-a", "instance-a")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "plugin" / "orthanc_ai" / "explorer" / "explorer.js"
+SCRIPT = Path(__file__).resolve().parents[2] / "plugin" / "orthanc_ai" / "web" / "explorer" / "explorer.js"
 
 
 def code_lines() -> list[str]:

@@ -16,9 +16,16 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from orthanc_ai.decoding import InstanceSkipped, decode_analysed_frame, is_plugin_heatmap, read_header
-from orthanc_ai.deletion_fence import DeletionFence
-from orthanc_ai.heatmap_capture import (
+from orthanc_ai.dicom.decoding import InstanceSkipped, decode_analysed_frame, is_plugin_heatmap, read_header
+from orthanc_ai.dicom.private_tags import DISCLAIMER, ModelResult
+from orthanc_ai.events.deletion_fence import DeletionFence
+from orthanc_ai.events.instance_guards import EchoGuard
+from orthanc_ai.models.inference import LoadedModel
+from orthanc_ai.models.model_card import ModelCard
+from orthanc_ai.models.preprocessing import InputTensors, frame_to_unit_grey
+from orthanc_ai.orthanc.orthanc_api import ResourceNotFound
+from orthanc_ai.orthanc.orthanc_ids import orthanc_ids
+from orthanc_ai.outputs.heatmap_capture import (
     MAX_SIDE,
     build_capture,
     capture_instance_uid,
@@ -26,18 +33,11 @@ from orthanc_ai.heatmap_capture import (
     colour_bar,
     render,
 )
-from orthanc_ai.heatmap_rendering import blend, jet, normalised, on_frame
-from orthanc_ai.heatmap_writer import HeatmapCaptureWriter, capture_ids
-from orthanc_ai.inference import LoadedModel
-from orthanc_ai.instance_guards import EchoGuard
-from orthanc_ai.model_card import ModelCard
-from orthanc_ai.orthanc_api import ResourceNotFound
-from orthanc_ai.orthanc_ids import orthanc_ids
-from orthanc_ai.preprocessing import InputTensors, frame_to_unit_grey
-from orthanc_ai.private_tags import DISCLAIMER, ModelResult
-from orthanc_ai.series_reports import SeriesReporter
+from orthanc_ai.outputs.heatmap_rendering import blend, jet, normalised, on_frame
+from orthanc_ai.outputs.heatmap_writer import HeatmapCaptureWriter, capture_ids
+from orthanc_ai.outputs.series_reports import SeriesReporter
+from orthanc_ai.outputs.structured_report import MANUFACTURER, encode
 from orthanc_ai.status import Outcome, PluginStatus
-from orthanc_ai.structured_report import MANUFACTURER, encode
 from tests.support.dicom_files import SECONDARY_CAPTURE, read, synthetic_ct, to_bytes
 from tests.support.heatmap_pixels import CELL, heat_of, multi_frame
 
@@ -158,7 +158,7 @@ def test_the_pixels_are_the_windowed_frame_with_the_map_blended_hot_where_the_im
 
 
 def test_very_large_frames_are_reduced_by_an_integer_step():
-    from orthanc_ai.private_tags import Heatmap
+    from orthanc_ai.dicom.private_tags import Heatmap
 
     grey = np.zeros((2100, 1500), dtype=np.float32)
     grey[:700, 1000:] = 1.0

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from pydicom.uid import ImplicitVRLittleEndian
 
-from orthanc_ai import heatmap_rendering
-from orthanc_ai.inference import LoadedModel, ModelLoadError
-from orthanc_ai.model_card import ModelCard
-from orthanc_ai.preprocessing import InputTensors, PixelAttributes, Preprocessing, input_region
-from orthanc_ai.private_tags import Heatmap, ModelResult, read_results, write_results
+from orthanc_ai.dicom.private_tags import Heatmap, ModelResult, read_results, write_results
+from orthanc_ai.models.inference import LoadedModel, ModelLoadError
+from orthanc_ai.models.model_card import ModelCard
+from orthanc_ai.models.preprocessing import InputTensors, PixelAttributes, Preprocessing, input_region
+from orthanc_ai.outputs import heatmap_rendering
 from tests.support.dicom_files import read, synthetic_ct
 from tests.support.onnx_models import build_model
 

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from orthanc_ai.capabilities import OrthancCapabilities
-from orthanc_ai.labels import StudyLabeler, is_valid_label, label_for, supports_labels
+from orthanc_ai.orthanc.capabilities import OrthancCapabilities
+from orthanc_ai.outputs.labels import StudyLabeler, is_valid_label, label_for, supports_labels
 
 
 @pytest.mark.parametrize(

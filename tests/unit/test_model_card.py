@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from orthanc_ai.model_card import Applicability, ModelCard, ModelCardError
+from orthanc_ai.models.model_card import Applicability, ModelCard, ModelCardError
 
 CARD = {
     "name": "lung-ct-3", "version": "1.0.0", "classes": ["Benign", "Malignant", "Normal"],

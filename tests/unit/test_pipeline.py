@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from orthanc_ai.capabilities import OrthancCapabilities
 from orthanc_ai.config import PluginConfig
-from orthanc_ai.instance_guards import EchoGuard
-from orthanc_ai.orthanc_api import ResourceNotFound
-from orthanc_ai.orthanc_ids import orthanc_ids
+from orthanc_ai.events.instance_guards import EchoGuard
+from orthanc_ai.models.registry import ModelRegistry
+from orthanc_ai.orthanc.capabilities import OrthancCapabilities
+from orthanc_ai.orthanc.orthanc_api import ResourceNotFound
+from orthanc_ai.orthanc.orthanc_ids import orthanc_ids
 from orthanc_ai.pipeline import PredictionPipeline
-from orthanc_ai.registry import ModelRegistry
 from orthanc_ai.status import PluginStatus
 from tests.support.dicom_files import read, synthetic_ct
 

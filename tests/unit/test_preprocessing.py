@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orthanc_ai.preprocessing import (
+from orthanc_ai.models.preprocessing import (
     PixelAttributes,
     Preprocessing,
     apply_window,

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from orthanc_ai.private_tags import (
+from orthanc_ai.dicom.private_tags import (
     MAX_MODEL_SLOTS,
     ModelResult,
     PrivateBlockFull,
@@ -19,7 +19,7 @@ from orthanc_ai.private_tags import (
     read_results,
     write_results,
 )
-from orthanc_ai.tagging import add_results
+from orthanc_ai.dicom.tagging import add_results
 from tests.support.dicom_files import read, synthetic_ct
 
 CREATOR = "ORTHANC AI RESULTS 1"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from orthanc_ai.recovery import BacklogRecovery
+from orthanc_ai.events.recovery import BacklogRecovery
 
 
 class FakeChangeLog:

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from orthanc_ai.capabilities import OrthancCapabilities
-from orthanc_ai.forwarding import Forwarder
-from orthanc_ai.private_tags import ModelResult
-from orthanc_ai.routing import Destination, RoutingRuleError, check_destinations, decide, parse_routing
+from orthanc_ai.dicom.private_tags import ModelResult
+from orthanc_ai.orthanc.capabilities import OrthancCapabilities
+from orthanc_ai.outputs.forwarding import Forwarder
+from orthanc_ai.outputs.routing import Destination, RoutingRuleError, check_destinations, decide, parse_routing
 
 RULES = {"Rules": [
     {"Name": "chest", "Model": "router", "Classes": ["chest"], "MinProbability": 0.8, "Forward": ["cxr"],

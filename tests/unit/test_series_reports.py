@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
-from orthanc_ai import series_reports
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR, METADATA_STATUS
-from orthanc_ai.instance_guards import EchoGuard
-from orthanc_ai.model_card import ModelCard
-from orthanc_ai.orthanc_api import ResourceNotFound
-from orthanc_ai.orthanc_ids import orthanc_ids
-from orthanc_ai.private_tags import ModelResult
-from orthanc_ai.series_reports import SeriesReporter
-from orthanc_ai.tagging import add_results
+from orthanc_ai.dicom.private_tags import ModelResult
+from orthanc_ai.dicom.tagging import add_results
+from orthanc_ai.events.instance_guards import EchoGuard
+from orthanc_ai.models.model_card import ModelCard
+from orthanc_ai.orthanc.orthanc_api import ResourceNotFound
+from orthanc_ai.orthanc.orthanc_ids import orthanc_ids
+from orthanc_ai.outputs import series_reports
+from orthanc_ai.outputs.series_reports import SeriesReporter
 from tests.support.dicom_files import read, synthetic_ct
 from tests.support.orthanc_process import PROJECT
 

@@ -17,10 +17,10 @@ import pytest
 from pydicom.sr import _concepts_dict
 from pydicom.uid import generate_uid
 
-from orthanc_ai.model_card import PROJECT_CODING_SCHEME, ModelCard, ModelCardError
-from orthanc_ai.private_tags import ModelResult
-from orthanc_ai.series_summary import AnalysedImage, summarise
-from orthanc_ai.structured_report import build_report, encode, report_instance_uid, report_series_uid
+from orthanc_ai.dicom.private_tags import ModelResult
+from orthanc_ai.models.model_card import PROJECT_CODING_SCHEME, ModelCard, ModelCardError
+from orthanc_ai.outputs.series_summary import AnalysedImage, summarise
+from orthanc_ai.outputs.structured_report import build_report, encode, report_instance_uid, report_series_uid
 from tests.support.dicom_files import read, synthetic_ct
 from tests.support.orthanc_process import PROJECT
 

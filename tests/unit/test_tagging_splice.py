@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from orthanc_ai import tagging
-from orthanc_ai.private_tags import Heatmap, ModelResult, read_results
+from orthanc_ai.dicom import tagging
+from orthanc_ai.dicom.private_tags import Heatmap, ModelResult, read_results
 from tests.support.dicom_files import read, shared_data, synthetic_ct, to_bytes
 
 CREATOR = "ORTHANC AI RESULTS 1"

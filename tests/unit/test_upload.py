@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orthanc_ai import upload
-from orthanc_ai.orthanc_ids import orthanc_ids_of
-from orthanc_ai.request_body import BodyTooLarge
-from orthanc_ai.upload import UploadError, parse_upload
+from orthanc_ai.orthanc.orthanc_ids import orthanc_ids_of
+from orthanc_ai.web import upload
+from orthanc_ai.web.request_body import BodyTooLarge
+from orthanc_ai.web.upload import UploadError, parse_upload
 from tests.support.dicom_files import read, synthetic_ct
 
 MB = 1024 * 1024

@@ -4,9 +4,9 @@ from __future__ import annotations
 import threading
 import time
 
-from orthanc_ai.instance_guards import EchoGuard, InstanceLocks
+from orthanc_ai.events.instance_guards import EchoGuard, InstanceLocks
+from orthanc_ai.events.work_queue import PredictionQueue
 from orthanc_ai.status import PluginStatus, reason_category
-from orthanc_ai.work_queue import PredictionQueue
 
 
 def make_queue(process, workers=1, capacity=100):

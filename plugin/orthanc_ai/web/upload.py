@@ -26,7 +26,7 @@ from typing import Any
 import pydicom
 from pydicom.uid import generate_uid
 
-from .orthanc_ids import orthanc_ids_of
+from ..orthanc.orthanc_ids import orthanc_ids_of
 from .request_body import SMALL_BODY_BYTES, BadRequest, BodyTooLarge, json_object
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"

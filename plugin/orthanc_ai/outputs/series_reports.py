@@ -28,13 +28,13 @@ from typing import Any, Protocol
 import pydicom
 from pydicom import Dataset
 
-from .config import METADATA_STATUS
-from .decoding import PLUGIN_MANUFACTURER, int_or_none
-from .instance_guards import EchoGuard, InstanceLocks
-from .orthanc_api import ResourceNotFound
-from .orthanc_ids import orthanc_ids_of
-from .private_tags import ModelResult, read_results
-from .registry import ModelRegistry
+from ..config import METADATA_STATUS
+from ..dicom.decoding import PLUGIN_MANUFACTURER, int_or_none
+from ..dicom.private_tags import ModelResult, read_results
+from ..events.instance_guards import EchoGuard, InstanceLocks
+from ..models.registry import ModelRegistry
+from ..orthanc.orthanc_api import ResourceNotFound
+from ..orthanc.orthanc_ids import orthanc_ids_of
 from .series_summary import AnalysedImage, SeriesSummary, summarise
 from .structured_report import build_report, encode, report_instance_uid, report_series_uid
 

@@ -26,10 +26,10 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from . import __version__
-from .decoding import PLUGIN_MANUFACTURER, int_or_none
-from .model_card import ClassCode, ModelCard
-from .private_tags import DISCLAIMER
+from .. import __version__
+from ..dicom.decoding import PLUGIN_MANUFACTURER, int_or_none
+from ..dicom.private_tags import DISCLAIMER
+from ..models.model_card import ClassCode, ModelCard
 from .series_summary import AnalysedImage, SeriesSummary
 
 MANUFACTURER = PLUGIN_MANUFACTURER

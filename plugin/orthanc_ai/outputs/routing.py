@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ConfigurationError
-from .private_tags import ModelResult
+from ..config import ConfigurationError
+from ..dicom.private_tags import ModelResult
 
 RULE_KEYS = {"Name", "Model", "Classes", "MinProbability", "Forward", "ForwardToPeers", "Labels"}
 ROUTING_KEYS = {"Rules", "MaxAttempts", "RetryDelaySeconds", "MaxRetryDelaySeconds"}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from .routing import Destination
+    from ..outputs.routing import Destination
 
 
 class ResourceNotFound(LookupError):

@@ -17,14 +17,20 @@ from urllib.parse import unquote
 import numpy as np
 import orthanc
 
-from . import rest_api
-from .config import GLOBAL_PROPERTY_CHECKPOINT, METADATA_CLAIM, ConfigurationError, check_orthanc_settings, parse_config
-from .deletion_fence import ANY_RESOURCE
-from .heatmap_view import BinaryAnswer
+from ..config import (
+    GLOBAL_PROPERTY_CHECKPOINT,
+    METADATA_CLAIM,
+    ConfigurationError,
+    check_orthanc_settings,
+    parse_config,
+)
+from ..dicom.private_tags import EXTRA_DICTIONARY_BLOCKS, orthanc_dictionary
+from ..events.deletion_fence import ANY_RESOURCE
+from ..outputs.routing import Destination
+from ..service import PluginService
+from ..web import rest_api
+from ..web.heatmap_view import BinaryAnswer
 from .orthanc_api import MetadataConflict, ResourceNotFound
-from .private_tags import EXTRA_DICTIONARY_BLOCKS, orthanc_dictionary
-from .routing import Destination
-from .service import PluginService
 
 log = logging.getLogger("orthanc_ai")
 # Every callable handed to Orthanc stays referenced here for the life of the process. The Python
@@ -258,7 +264,7 @@ def register() -> None:
     )
 
 
-EXPLORER_DIRECTORY = Path(__file__).resolve().parent / "explorer"
+EXPLORER_DIRECTORY = Path(__file__).resolve().parents[1] / "web" / "explorer"
 
 
 def _explorer_javascript() -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from .config import METADATA_CLAIM, METADATA_PROVENANCE, METADATA_STATUS
+from ..config import METADATA_CLAIM, METADATA_PROVENANCE, METADATA_STATUS
 from .orthanc_api import OrthancApi, ResourceNotFound
 from .orthanc_ids import OrthancIds
 

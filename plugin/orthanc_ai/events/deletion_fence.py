@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .orthanc_ids import OrthancIds
+from ..orthanc.orthanc_ids import OrthancIds
 
 # How long a deletion request with no matching Deleted change (a resource that does not exist, a bulk
 # delete whose targets are unknown here) keeps store-backs of the resources it may concern waiting.

@@ -28,12 +28,12 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from . import __version__
-from .decoding import PLUGIN_MANUFACTURER, int_or_none
+from .. import __version__
+from ..dicom.decoding import PLUGIN_MANUFACTURER, int_or_none
+from ..dicom.private_tags import DISCLAIMER, Heatmap, ModelResult
+from ..models.model_card import ModelCard
+from ..models.preprocessing import PixelAttributes, frame_to_unit_grey
 from .heatmap_rendering import DEFAULT_OPACITY, blend, jet, normalised, on_frame
-from .model_card import ModelCard
-from .preprocessing import PixelAttributes, frame_to_unit_grey
-from .private_tags import DISCLAIMER, Heatmap, ModelResult
 
 SERIES_NUMBER_OFFSET = 8000  # sorts after the images, before the SRs (structured_report: 9000 + the source's)
 SERIES_DESCRIPTION_PREFIX = "AI heatmap: "

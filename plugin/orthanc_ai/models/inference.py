@@ -8,7 +8,7 @@ import onnxruntime
 
 from .model_card import ModelCard
 from .preprocessing import InputTensors, PixelAttributes, input_region, softmax
-from .private_tags import Heatmap, ModelResult
+from ..dicom.private_tags import Heatmap, ModelResult
 
 
 class ModelLoadError(RuntimeError):

@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .preprocessing import PixelAttributes
+from ..models.preprocessing import PixelAttributes
 
 SUPPORTED_PHOTOMETRIC = {
     "MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR",

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from .background import BackgroundTask
-from .capabilities import OrthancCapabilities
-from .config import METADATA_ROUTING
-from .instance_guards import InstanceLocks
-from .orthanc_api import MetadataConflict
+from ..config import METADATA_ROUTING
+from ..events.background import BackgroundTask
+from ..events.instance_guards import InstanceLocks
+from ..orthanc.capabilities import OrthancCapabilities
+from ..orthanc.orthanc_api import MetadataConflict
 from .routing import Destination, RoutingDecision, RoutingPolicy
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import PluginConfig
+from ..config import PluginConfig
 from .inference import LoadedModel, ModelLoadError
 from .model_card import CARD_FILE, Applicability, ModelCard, ModelCardError
-from .private_tags import ModelResult
+from ..dicom.private_tags import ModelResult
 
 log = logging.getLogger(__name__)
 

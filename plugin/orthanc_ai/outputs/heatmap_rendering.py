@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from .private_tags import Heatmap
+from ..dicom.private_tags import Heatmap
 
 # What an overlay shows by default (the Explorer's slider starts here; the Secondary Capture uses it).
 DEFAULT_OPACITY = 0.4

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from .decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, read_header
-from .heatmap_rendering import encode_png, jet, normalised, on_frame
-from .private_tags import Heatmap, ModelResult, read_results
+from ..dicom.decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, read_header
+from ..dicom.private_tags import Heatmap, ModelResult, read_results
+from ..outputs.heatmap_rendering import encode_png, jet, normalised, on_frame
+from ..service import PluginService
 from .request_body import BadRequest
-from .service import PluginService
 
 PNG_MAX_SIDE = 512
 FORMATS = ("png", "json")

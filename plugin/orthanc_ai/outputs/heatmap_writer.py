@@ -20,15 +20,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .decoding import InstanceHeader, decode_analysed_frame, read_header
-from .deletion_fence import DeletedMeanwhile, DeletionFence
+from ..dicom.decoding import InstanceHeader, decode_analysed_frame, read_header
+from ..dicom.private_tags import ModelResult
+from ..events.deletion_fence import DeletedMeanwhile, DeletionFence
+from ..events.instance_guards import EchoGuard
+from ..models.registry import ModelRegistry
+from ..orthanc.orthanc_api import ResourceNotFound
+from ..orthanc.orthanc_ids import OrthancIds, orthanc_ids, orthanc_ids_of
+from ..status import Outcome, PluginStatus
 from .heatmap_capture import build_capture, capture_instance_uid, capture_series_uid
-from .instance_guards import EchoGuard
-from .orthanc_api import ResourceNotFound
-from .orthanc_ids import OrthancIds, orthanc_ids, orthanc_ids_of
-from .private_tags import ModelResult
-from .registry import ModelRegistry
-from .status import Outcome, PluginStatus
 from .structured_report import encode
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 One table (``HEADER_ELEMENTS`` and ``MODEL_ELEMENTS``) defines the layout;
 the encoder, the decoder, the Orthanc ``"Dictionary"`` entries and the private
 dictionary in ``docs/private-tags.md`` are all generated from it
-(``python -m orthanc_ai.private_tags``).
+(``python -m orthanc_ai.dicom.private_tags``).
 
 Notes
 -----
@@ -370,11 +370,11 @@ def update_orthanc_configuration(path: str, creator: str) -> None:
 
 
 if __name__ == "__main__":
-    from .config import DEFAULT_PRIVATE_CREATOR
+    from ..config import DEFAULT_PRIVATE_CREATOR
 
     if sys.argv[1:2] == ["--markdown"]:
         print(markdown_dictionary(DEFAULT_PRIVATE_CREATOR))
     elif sys.argv[1:2] == ["--update"] and len(sys.argv) == 3:
         update_orthanc_configuration(sys.argv[2], DEFAULT_PRIVATE_CREATOR)
     else:
-        sys.exit("usage: python -m orthanc_ai.private_tags --markdown | --update path/to/orthanc.json")
+        sys.exit("usage: python -m orthanc_ai.dicom.private_tags --markdown | --update path/to/orthanc.json")

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .model_card import ModelCard
-from .private_tags import ModelResult
+from ..dicom.private_tags import ModelResult
+from ..models.model_card import ModelCard
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .labels import supports_labels
+from ..outputs.labels import supports_labels
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import queue
 import threading
 from collections.abc import Callable
 
+from ..status import PluginStatus
 from .instance_guards import EchoGuard
-from .status import PluginStatus
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from ..config import METADATA_STATUS
 from .background import BackgroundTask
-from .config import METADATA_STATUS
 
 log = logging.getLogger(__name__)
 

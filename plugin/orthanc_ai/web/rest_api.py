@@ -13,18 +13,18 @@ from typing import Any
 
 import pydicom
 
+from ..config import METADATA_SOURCE_FILE, METADATA_STATUS
+from ..dicom.decoding import InstanceSkipped, int_or_none, read_header
+from ..dicom.private_tags import read_results
+from ..dicom.tagging import stored_results
+from ..models.registry import UnknownModel
+from ..orthanc.orthanc_api import ResourceNotFound
+from ..outputs.labels import label_for
+from ..outputs.routing import decide
+from ..outputs.series_reports import summary_json, why_not_images
+from ..service import PluginService
 from . import heatmap_view, upload as uploads
-from .config import METADATA_SOURCE_FILE, METADATA_STATUS
-from .decoding import InstanceSkipped, int_or_none, read_header
-from .labels import label_for
-from .orthanc_api import ResourceNotFound
-from .private_tags import read_results
-from .registry import UnknownModel
 from .request_body import BadRequest, BodyTooLarge, json_object
-from .routing import decide
-from .series_reports import summary_json, why_not_images
-from .service import PluginService
-from .tagging import stored_results
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The networks: model cards, the registry, preprocessing and ONNX Runtime inference."""

@@ -1,0 +1,1 @@
+"""The /ai REST routes and the Orthanc Explorer extension."""
