@@ -11,7 +11,8 @@ logits into ``logits`` (ensemble mean, folded temperature) on the maps, so the m
 the logits are. The result is a second graph output ``class_activation_maps`` (N, classes, h, w); the
 ``logits`` output and every node and initializer it depends on stay byte-for-byte as they were.
 
-The CLI rewrites ``model.onnx`` in place (an existing map output is replaced, not duplicated) and checks,
+The CLI rewrites the float32 graph (``model-fp32.onnx``, or ``model.onnx`` before ``training.quantize`` ran) in
+place (an existing map output is replaced, not duplicated) and checks,
 on the model's test images when the data are present (else on random inputs), that the logits did not
 change and that each map's spatial mean equals its logit. It then writes the card's ``heatmap`` section
 (keeping a ``faithfulness`` result already there, which ``training.heatmap_faithfulness`` fills) and its
@@ -247,8 +248,14 @@ def _run(path: Path, x: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
 
 
 def rewrite(folder: Path) -> None:
-    """Add (or replace) the map output of ``folder/model.onnx`` in place and print the checks."""
-    path = folder / "model.onnx"
+    """Add (or replace) the map output of the float32 graph in place and print the checks.
+
+    The float32 graph is ``model-fp32.onnx`` once ``training.quantize`` has run (``model.onnx`` is then the shipped,
+    possibly int8, file made from it, and must be remade: ``python -m training.quantize <name>``), else ``model.onnx``.
+    """
+    path = folder / "model-fp32.onnx"
+    if not path.exists():
+        path = folder / "model.onnx"
     old = onnx.load(str(path))
     new = add_class_activation_maps(old)
     if not logits_nodes_unchanged(old, new):
@@ -269,6 +276,9 @@ def rewrite(folder: Path) -> None:
     print(f"{folder.name}: {OUTPUT} {list(maps.shape[1:])} per image; on {len(x)} {source}: "
           f"max |logits new - old| = {logits_diff:.1e}, max |map mean - logit| = {mean_diff:.1e}; "
           f"{path.stat().st_size} bytes")
+    if path.name != "model.onnx":
+        print(f"{folder.name}: {path.name} rewritten; model.onnx (the shipped file) is now stale: run "
+              f"python -m training.quantize {folder.name}")
 
 
 def _update_split_hash(folder: Path) -> None:

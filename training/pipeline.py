@@ -160,6 +160,8 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     print(f"[{name}] exported {onnx_path} ({onnx_path.stat().st_size} bytes), max |torch-onnx| = "
           f"{diff:.2e}", flush=True)
     assert diff < 1e-3, diff
+    # model-fp32.onnx is the float32 source of truth; training.quantize (last step) decides what model.onnx ships
+    (out / "model-fp32.onnx").write_bytes(onnx_path.read_bytes())
     prior = np.bincount(y[tr], minlength=k).astype(float)
     test_logits = onnx_logits(onnx_path, x[te])
     lf = evaluate(test_logits, y[te], classes, prior, groups=g[te])
@@ -217,6 +219,8 @@ def run(name: str, paper_seeds: int = 10, epochs: int | None = None, paper_epoch
     from .heatmap_faithfulness import update as update_faithfulness
     write_heatmap_section(out)
     update_faithfulness(out)
+    from .quantize import update as quantize_and_ship
+    quantize_and_ship(out)
     print(f"[{name}] done in {wall / 60:.1f} min: {out}", flush=True)
 
 

@@ -5,7 +5,8 @@
 The latency written during training is measured while other jobs may share the CPU; this
 re-runs the same measurement (bench/bench_models.py method: batch 1, one intra-op thread,
 median of 300 runs after 30 warm-up runs) and rewrites ``latency_ms_batch1_1thread`` in
-``model.json`` and the figure in ``REPORT.md`` (and the file size in both).
+``model.json`` and the figure in ``REPORT.md`` (and the file size in both); with a ``precision`` section
+(``training.quantize``) the shipped file is measured, and the float32 file beside it too.
 """
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ def main() -> None:
         new = round(min(latency_ms(folder / "model.onnx") for _ in range(3)), 3)
         card["latency_ms_batch1_1thread"] = new
         card["file_size_bytes"] = (folder / "model.onnx").stat().st_size
+        precision = card.get("precision")
+        if precision:  # training.quantize's record: the shipped figure and the float32 one beside it
+            latency = precision["latency_ms_batch1_1thread"]
+            latency[precision["shipped"]] = new
+            if precision["shipped"] != "fp32" and (folder / precision["fp32_file"]).exists():
+                latency["fp32"] = round(min(latency_ms(folder / precision["fp32_file"]) for _ in range(3)), 3)
         card_path.write_text(json.dumps(card, indent=1) + "\n")
         report = folder / "REPORT.md"
         if report.exists():
