@@ -360,6 +360,10 @@ def _write_report(folder: Path, precision: dict[str, Any]) -> None:
     ])
     report = folder / "REPORT.md"
     text = report.read_text(encoding="utf-8") if report.exists() else ""
+    # the export line's size and latency (as training.refresh_latency rewrites them) are the shipped file's
+    shipped_ms = lat[precision["shipped"]]
+    text = re.sub(r"[0-9.]+ ms/image at batch 1 with one", f"{shipped_ms:.2f} ms/image at batch 1 with one", text)
+    text = re.sub(r"opset 17; [0-9,]+ bytes;", f"opset 17; {size[precision['shipped']]:,} bytes;", text)
     pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text)
