@@ -19,6 +19,10 @@ from orthanc_ai.models.preprocessing import Preprocessing, grey_from_8bit, unit_
 
 LEAKAGE_FREE_FRACTIONS = {"train": 0.65, "val": 0.15, "test": 0.20}
 LEAKAGE_FREE_SEED = 20261122
+# The cards' version: raise it with every change of what a model computes (weights, precision). The plugin
+# runs a model again on an instance only when its version differs from the one in the instance's tags.
+# 1.1.0: int8 quantization (training/quantize.py) and the class-activation map output.
+MODEL_VERSION = "1.1.0"
 PAPER_TEST_FRACTION = 0.30
 
 
@@ -306,7 +310,7 @@ def _card(name, cfg, stub, items, y, te, lf, paper_summary, latency, size, res, 
     n_images = len(items)
     return {
         "name": name,
-        "version": "1.0.0",
+        "version": MODEL_VERSION,
         "title": cfg["title"],
         "classes": classes,
         "class_codes": cfg["class_codes"],
