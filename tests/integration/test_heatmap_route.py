@@ -108,6 +108,9 @@ def test_another_class_is_computed_on_demand(heat_orthanc, quarters):
     assert dark["probability"] == pytest.approx(1 - bright["probability"], abs=2e-6)
     row, column = hottest(png(heat_orthanc, quarters, f"model={MODEL}&class=dark"))
     assert row >= ROWS / 2 and column < COLUMNS / 2, (row, column)  # the dark bottom-left quarter
+    # The same class by its index in "classes" (what the Explorer sends: names may not survive a query string).
+    by_index = json.loads(heatmap(heat_orthanc, quarters, f"model={MODEL}&classIndex=0&format=json")[1])
+    assert bright["classes"][0] == "dark" and by_index["values"] == dark["values"]
 
 
 def test_png_of_a_large_frame_is_at_most_512_pixels_with_its_aspect_ratio(heat_orthanc):
@@ -138,6 +141,9 @@ def test_an_instance_the_model_did_not_predict(heat_orthanc):
     ("model=no-such-model", 400, "unknown model 'no-such-model'"),
     ("model=test-plain", 409, "model test-plain has no heatmap output"),
     ("model=test-plain&class=First&format=json", 409, "model test-plain has no heatmap output"),
+    (f"model={MODEL}&classIndex=2", 400, "classIndex 2 is out of range: model test-heat has 2 class(es) here"),
+    (f"model={MODEL}&classIndex=x", 400, '"classIndex" must be a whole number'),
+    (f"model={MODEL}&class=dark&classIndex=0", 400, 'give "class" or "classIndex", not both'),
 ])
 def test_errors_are_json_with_a_clear_message(heat_orthanc, quarters, query, status, message):
     answer_status, body = heatmap(heat_orthanc, quarters, query)

@@ -94,7 +94,8 @@ def test_report_references_every_image_and_gives_back_the_probabilities(tmp_path
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     first = headers[images[0].sop_instance_uid]
     assert (sr.PatientID, sr.StudyInstanceUID) == (first.PatientID, first.StudyInstanceUID)
-    assert sr.SeriesInstanceUID != first.SeriesInstanceUID and sr.SeriesDescription == f"AI lung-ct-3 {LUNG_CT_3.version}"
+    assert sr.SeriesInstanceUID != first.SeriesInstanceUID
+    assert sr.SeriesDescription == f"AI lung-ct-3 {LUNG_CT_3.version}"
     evidence = {item.ReferencedSOPInstanceUID
                 for study in sr.CurrentRequestedProcedureEvidenceSequence
                 for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}

@@ -10,6 +10,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -44,6 +45,9 @@ _ORTHANC_ID_PATTERN = re.compile(ORTHANC_ID)
 # plugin's JSON error like every other mistake, not Orthanc's answer for an unknown route.
 RESOURCE = r"([^/]*)"
 _service: PluginService | None = None
+# The routes' work runs here, not on Orthanc's HTTP threads (_handled). Eight: a long study Predict or upload
+# keeps one busy while the Explorer's quick reads go on; more requests wait for a free one.
+_REST_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="orthanc-ai-rest")
 _PIXEL_FORMATS = {
     orthanc.PixelFormat.GRAYSCALE8: (np.uint8, 1),
     orthanc.PixelFormat.GRAYSCALE16: (np.uint16, 1),
@@ -309,6 +313,7 @@ def _on_change(change_type: int, level: int, resource_id: str) -> None:
         service.start()
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
         service.stop()
+        _REST_THREADS.shutdown(wait=True, cancel_futures=True)  # the HTTP server has stopped already
         _spare_the_final_collection()
 
 
@@ -423,12 +428,23 @@ def _register_routes() -> None:
     )
 
 
+def _handled(handler: Callable[..., rest_api.Response], *arguments: Any) -> rest_api.Response:
+    """The handler's answer, worked out on one of the plugin's own threads while Orthanc's HTTP thread waits.
+
+    With Python plugin 7.1 (Python 3.14) the interpreter's finalization dies once certain Python code has run
+    on Orthanc's HTTP threads (see _spare_the_final_collection; seen again with heatmap Secondary Captures
+    written from a REST Predict: "corrupted size vs. prev_size" at "Python plugin is finalizing"). So
+    predictions, reports and every other route's work run on Python-created threads, as the workers' do.
+    """
+    return _REST_THREADS.submit(rest_api.guarded, handler, _service, *arguments).result()
+
+
 def _query_route(handler: Callable[..., rest_api.Response]) -> Callable[..., None]:
     def callback(output: Any, uri: str, **request: Any) -> None:
         if request.get("method") != "GET":
             output.SendMethodNotAllowed("GET")
             return
-        _answer(output, *rest_api.guarded(handler, _service, _query_arguments(request)))
+        _answer(output, *_handled(handler, _query_arguments(request)))
 
     return callback
 
@@ -453,8 +469,7 @@ def _route(method: str, handler: Callable[..., rest_api.Response], query: bool =
             _answer(output, 404, {"error": f"not an Orthanc id: {malformed[0]!r}"})
             return
         argument = _query_arguments(request) if query else request.get("body") or b""
-        status, body = rest_api.guarded(handler, _service, groups, argument)
-        _answer(output, status, body)
+        _answer(output, *_handled(handler, groups, argument))
 
     return callback
 

@@ -60,7 +60,14 @@ def instance_heatmap(service: PluginService, instance_id: str, query: dict[str, 
     answer_format = query.get("format") or "png"
     if answer_format not in FORMATS:
         raise BadRequest(f'"format" must be png or json, not {answer_format!r}')
-    wanted = query.get("class") or None
+    wanted: str | int | None = query.get("class") or None
+    if query.get("classIndex"):
+        if wanted is not None:
+            raise BadRequest('give "class" or "classIndex", not both')
+        try:
+            wanted = int(query["classIndex"])
+        except ValueError:
+            raise BadRequest(f'"classIndex" must be a whole number, not {query["classIndex"]!r}') from None
     view = heatmap_view(service, instance_id, model, wanted)
     rendered = rendered_map(view)
     if answer_format == "png":
@@ -87,8 +94,14 @@ def instance_heatmap(service: PluginService, instance_id: str, query: dict[str, 
     }
 
 
-def heatmap_view(service: PluginService, instance_id: str, model: str, wanted: str | None) -> HeatmapView:
-    """The heatmap of ``model`` for class ``wanted`` (None: the top class stored in the tags)."""
+def heatmap_view(service: PluginService, instance_id: str, model: str, wanted: str | int | None) -> HeatmapView:
+    """The heatmap of ``model`` for class ``wanted``: a name, an index in the model's classes (as the answer's
+    ``classes`` list them), or None for the top class stored in the tags.
+
+    The index exists because a class name can hold characters (``&``, ``=``, ``%``) that some Orthanc versions
+    decode before they split the query string: 1.13.0 hands ``class=bright%20%26%20dark`` to plugins as
+    ``bright ``.
+    """
     dicom = service.api.instance_file(instance_id)  # ResourceNotFound → 404
     try:
         instance = read_header(dicom, service.config.max_frame_pixels)
@@ -108,6 +121,10 @@ def heatmap_view(service: PluginService, instance_id: str, model: str, wanted: s
         classes = (from_tags.class_name,)
     else:
         raise Conflict(f"model {model} has no heatmap output")
+    if isinstance(wanted, int):
+        if not 0 <= wanted < len(classes):
+            raise BadRequest(f"classIndex {wanted} is out of range: model {model} has {len(classes)} class(es) here")
+        wanted = classes[wanted]
     if wanted is not None and wanted not in classes:
         raise BadRequest(f"unknown class {wanted!r} of model {model}; classes: {', '.join(classes)}")
 

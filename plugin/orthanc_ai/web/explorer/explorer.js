@@ -230,9 +230,11 @@
     return Math.abs(n) >= 100 ? n.toFixed(0) : n.toPrecision(3);
   }
 
-  function heatmapUrl(uuid, model, cls, format) {
+  // The class goes by its index in the model's classes: a name can hold '&', '=' or '%', which some
+  // Orthanc versions (1.13) decode before splitting the query string.
+  function heatmapUrl(uuid, model, classIndex, format) {
     return API + '/instances/' + encodeURIComponent(uuid) + '/heatmap?model=' + encodeURIComponent(model) +
-      (cls ? '&class=' + encodeURIComponent(cls) : '') + '&format=' + format;
+      (classIndex === null ? '' : '&classIndex=' + classIndex) + '&format=' + format;
   }
 
   function heatmapSection(uuid, mapped) {
@@ -251,7 +253,7 @@
     modelSelect.addEventListener('change', function () { chooseHeatmapModel(modelSelect.value, false); });
     var classSelect = el('select', { id: 'ai-heatmap-class', 'data-role': 'none' });
     classSelect.addEventListener('change', function () {
-      heatmapChoice.cls = classSelect.value;
+      heatmapChoice.cls = Number(classSelect.value);
       loadHeatmap(uuid);
     });
     var toggle = el('input', { type: 'checkbox', id: 'ai-heatmap-toggle', 'data-role': 'none' });
@@ -340,7 +342,9 @@
     var model = heatmapChoice.model, cls = heatmapChoice.cls;
     var stage = document.getElementById('ai-heatmap-stage');
     stage.removeAttribute('data-ready');
-    status.textContent = cls ? 'Loading the heatmap of class ' + cls + '…' : 'Loading the heatmap…';
+    var chosen = document.getElementById('ai-heatmap-class');
+    status.textContent = cls === null ? 'Loading the heatmap…'
+      : 'Loading the heatmap of class ' + chosen.options[chosen.selectedIndex].text + '…';
     $.ajax({ url: heatmapUrl(uuid, model, cls, 'json'), dataType: 'json', cache: false }).done(function (answer) {
       if (number !== heatmapRequest || shown.instance !== uuid) {
         return;
@@ -356,11 +360,12 @@
   function showHeatmap(uuid, answer) {
     var classSelect = document.getElementById('ai-heatmap-class');
     clear(classSelect);
-    (answer.classes || []).forEach(function (name) {
-      classSelect.appendChild(el('option', { value: name, text: name }));
+    var classes = answer.classes || [];
+    classes.forEach(function (name, index) {
+      classSelect.appendChild(el('option', { value: String(index), text: name }));
     });
-    classSelect.value = answer['class'];
-    heatmapChoice.cls = answer['class'];
+    heatmapChoice.cls = classes.indexOf(answer['class']);
+    classSelect.value = String(heatmapChoice.cls);
     document.getElementById('ai-heatmap-min').textContent = formatValue(answer.min);
     document.getElementById('ai-heatmap-max').textContent = formatValue(answer.max);
     var info = 'Class ' + answer['class'] + (answer.probability !== null && answer.probability !== undefined
@@ -398,7 +403,7 @@
     } else {
       base.setAttribute('src', frameUrl);
     }
-    var overlayUrl = heatmapUrl(uuid, answer.model, answer['class'], 'png');
+    var overlayUrl = heatmapUrl(uuid, answer.model, heatmapChoice.cls, 'png');
     if (overlay.getAttribute('src') === overlayUrl && overlay.complete) {
       loaded();
     } else {
