@@ -1,7 +1,7 @@
 """The plugin's configuration: the ``"OrthancAI"`` section of Orthanc's configuration file.
 
 Parsed and validated once at start-up; every key is documented in
-``docs/configuration.md``. Unknown keys and bad values raise
+the README ("Configuration: the ``"OrthancAI"`` section"). Unknown keys and bad values raise
 ``ConfigurationError`` with a message that names the key, which the glue
 writes to Orthanc's log before refusing to start the plugin.
 """
