@@ -78,6 +78,7 @@ $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed
 # Speed and memory side by side, with and without the plugin (docs/benchmarks.md); a few minutes.
 bench: install-dev
 	$(VENV)/bin/python bench/bench_models.py
+	$(VENV)/bin/python bench/bench_per_image_steps.py
 	$(VENV)/bin/python bench/bench_pipeline.py --idle-plugin
 	$(VENV)/bin/python bench/bench_router.py
 	$(VENV)/bin/python bench/bench_find.py
