@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 from . import data as D
 from .class_activation_maps import LOGITS, OUTPUT
 from .evaluate import softmax
+from .report import with_section
 from .test_split import TestSplit, load_test_split
 
 FRACTION = 0.10  # of the map's cells blanked
@@ -202,12 +202,7 @@ def write_report(folder: Path, result: dict[str, Any]) -> None:
         "",
     ])
     text = report.read_text(encoding="utf-8") if report.exists() else ""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    report.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    report.write_text(with_section(text, SECTION, section), encoding="utf-8")
 
 
 def update(folder: Path) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from .heatmap_faithfulness import (
     write_report as write_faithfulness_report,
 )
 from .pipeline import LEAKAGE_FREE_FRACTIONS, LEAKAGE_FREE_SEED, ModelData, leakage_free_split, preprocess_file
+from .report import with_section
 from .test_split import TestSplit, load_test_split
 
 sys.path.insert(0, str(D.PLUGIN_DIR))
@@ -364,12 +365,7 @@ def _write_report(folder: Path, precision: dict[str, Any]) -> None:
     shipped_ms = lat[precision["shipped"]]
     text = re.sub(r"[0-9.]+ ms/image at batch 1 with one", f"{shipped_ms:.2f} ms/image at batch 1 with one", text)
     text = re.sub(r"opset 17; [0-9,]+ bytes;", f"opset 17; {size[precision['shipped']]:,} bytes;", text)
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    report.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    report.write_text(with_section(text, SECTION, section), encoding="utf-8")
 
 
 def _print(name: str, p: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """REPORT.md writer."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from . import configs
@@ -41,6 +42,16 @@ TARGET_NOTES = {
         "(`tests/integration/test_router_unseen_radiographs.py` checks this on every run). Three films are a spot "
         "check, not an evaluation."),
 }
+
+
+def with_section(text: str, heading: str, section: str) -> str:
+    """``text`` (a REPORT.md) with the section under ``heading`` replaced by ``section``, or appended."""
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    return text.rstrip("\n") + "\n"
 
 
 def _f(v, digits=4):
