@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from training.data import data_dir
+from tests.support.model_test_images import leakage_free_images_root
 from training.heatmap_faithfulness import PASS_RATIO, measure, session_for
-from training.test_split import load_test_split, missing_files
+from training.test_split import load_test_split
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.parent for p in (REPO / "models").glob("*/test_split.json"))
@@ -26,12 +26,7 @@ RELATIVE_TOLERANCE = 0.01
 @pytest.mark.parametrize("folder", MODELS, ids=[f.name for f in MODELS])
 def test_heatmap_faithfulness_matches_card(folder: Path) -> None:
     pytest.importorskip("onnxruntime")
-    root = data_dir()
-    if not root.is_dir():
-        pytest.skip(f"shared data folder {root} is absent (set ORTHANC_AI_DATA to run the heatmap faithfulness test)")
-    missing = missing_files(folder, root)
-    if missing:
-        pytest.skip(f"{len(missing)} test images of {folder.name} are missing under {root}, e.g. {missing[0]}")
+    root = leakage_free_images_root(folder, "run the heatmap faithfulness test")
     card = json.loads((folder / "model.json").read_text(encoding="utf-8"))["heatmap"]["faithfulness"]
     assert card["pass"] == (card["ratio"] >= PASS_RATIO)
 

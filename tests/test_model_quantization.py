@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from training.data import data_dir
+from tests.support.model_test_images import leakage_free_images_root
 from training.quantize import FP32_FILE, MAX_ACCURACY_DELTA_POINTS, MIN_AGREEMENT, SHIPPED_FILE, is_quantized
-from training.test_split import load_test_split, missing_files
+from training.test_split import load_test_split
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.parent for p in (REPO / "models").glob("*/model.json"))
@@ -79,12 +79,7 @@ def test_shipped_and_fp32_files_have_every_declared_output(folder: Path) -> None
 
 @pytest.mark.parametrize("folder", MODELS, ids=[f.name for f in MODELS])
 def test_agreement_and_accuracy_match_the_card(folder: Path) -> None:
-    root = data_dir()
-    if not root.is_dir():
-        pytest.skip(f"shared data folder {root} is absent (set ORTHANC_AI_DATA to recompute the int8/fp32 agreement)")
-    missing = missing_files(folder, root)
-    if missing:
-        pytest.skip(f"{len(missing)} test images of {folder.name} are missing under {root}, e.g. {missing[0]}")
+    root = leakage_free_images_root(folder, "recompute the int8/fp32 agreement")
     check = _card(folder)["precision"]["check"]
     split = load_test_split(folder, root)
     top = {}
