@@ -82,8 +82,7 @@ def _observable_stages(orthanc: OrthancProcess) -> tuple[str, ...]:
     """Reading, storing and recording are mostly calls into Orthanc. Plugins before 4.3 keep the GIL during
     those calls, so the deletion filter (Python too) cannot run inside them: there a deletion request waits
     until the call is over, and finds the plugin queued, predicting or idle."""
-    version = tuple(int(part) for part in orthanc.get("/plugins/python")["Version"].split(".")[:2])
-    if version >= (4, 3):
+    if orthanc.python_plugin_version() >= (4, 3):
         return STAGES
     return tuple(stage for stage in STAGES if stage not in ("reading", "storing", "recording"))
 

@@ -322,9 +322,10 @@ def _spare_the_final_collection() -> None:
 
     With Python plugin 7.1 (Python 3.14, Orthanc 1.13.0) that collection dies with SIGSEGV ("Garbage-
     collecting", from OrthancPluginFinalize) once Python code has run certain paths on Orthanc's own HTTP
-    threads: formatting a traceback there, or writing a Structured Report from a REST call (reproduced with
-    a ten-line plugin that calls traceback.format_exc() in a REST callback). Collected now, then frozen,
-    the heap is left out of that collection; the process exits right after, so nothing stays leaked.
+    threads (reproduced with a ten-line plugin that calls traceback.format_exc() in a REST callback).
+    Collected now, then frozen, the heap is left out of that collection; the process exits right after, so
+    nothing stays leaked. (Crashes seen after a Structured Report was written were most likely the plugin's
+    double free of late changes instead: README, "Stopping Orthanc with Python plugin 7.1".)
     """
     gc.collect()
     gc.freeze()
@@ -432,9 +433,8 @@ def _handled(handler: Callable[..., rest_api.Response], *arguments: Any) -> rest
     """The handler's answer, worked out on one of the plugin's own threads while Orthanc's HTTP thread waits.
 
     With Python plugin 7.1 (Python 3.14) the interpreter's finalization dies once certain Python code has run
-    on Orthanc's HTTP threads (see _spare_the_final_collection; seen again with heatmap Secondary Captures
-    written from a REST Predict: "corrupted size vs. prev_size" at "Python plugin is finalizing"). So
-    predictions, reports and every other route's work run on Python-created threads, as the workers' do.
+    on Orthanc's HTTP threads (see _spare_the_final_collection). So predictions, reports and every other
+    route's work run on Python-created threads, as the workers' do.
     """
     return _REST_THREADS.submit(rest_api.guarded, handler, _service, *arguments).result()
 
