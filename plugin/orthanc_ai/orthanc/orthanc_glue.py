@@ -313,7 +313,8 @@ def _on_change(change_type: int, level: int, resource_id: str) -> None:
         service.start()
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
         service.stop()
-        _REST_THREADS.shutdown(wait=True, cancel_futures=True)  # the HTTP server has stopped already
+        # Orthanc's HTTP server stops only after this returns: a request that comes meanwhile gets an error.
+        _REST_THREADS.shutdown(wait=True, cancel_futures=True)
         _spare_the_final_collection()
 
 
