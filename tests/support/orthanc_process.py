@@ -124,17 +124,20 @@ class OrthancProcess:
         window by chance; on the other generations they stop it at once, and it must exit 0 all the same.
         """
         stable_age = int(self.config.get("StableAge", 60))
-        if stable_age > 10 or self.python_plugin_version() < (7, 1):
-            return
-        last, quiet_since = None, time.monotonic()
-        deadline = quiet_since + 60
-        while time.monotonic() < deadline:
-            current = self.get("/changes?last")["Last"]
-            if current != last:
-                last, quiet_since = current, time.monotonic()
-            elif time.monotonic() - quiet_since > stable_age + 2:
+        try:
+            if stable_age > 10 or self.python_plugin_version() < (7, 1):
                 return
-            time.sleep(0.25)
+            last, quiet_since = None, time.monotonic()
+            deadline = quiet_since + 60
+            while time.monotonic() < deadline:
+                current = self.get("/changes?last")["Last"]
+                if current != last:
+                    last, quiet_since = current, time.monotonic()
+                elif time.monotonic() - quiet_since > stable_age + 2:
+                    return
+                time.sleep(0.25)
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return  # Orthanc no longer answers: SIGTERM it all the same, and let its exit code speak
 
     def kill(self) -> None:
         """SIGKILL, as a power loss or the OOM killer would: no shutdown code runs."""
