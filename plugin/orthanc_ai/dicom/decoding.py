@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..models.preprocessing import PixelAttributes
+from .codestream import declared_geometry, has_declared_geometry
 
 SUPPORTED_PHOTOMETRIC = {
     "MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR",
@@ -151,6 +153,7 @@ def decode_analysed_frame(
     """
     dataset = instance.dataset
     index = instance.analysed_frame_index
+    _check_codestream_size(instance)
     try:
         frame = pixel_array(dataset, index=index if instance.frames > 1 else None)
         if instance.pixels.photometric == "PALETTE COLOR":
@@ -172,6 +175,27 @@ def is_extension_panic(error: BaseException) -> bool:
     """A Rust extension's panic (pylibjpeg-rle on damaged RLE data), raised by pyo3 as ``PanicException``,
     a ``BaseException``: left uncaught it would end the worker thread instead of skipping the instance."""
     return type(error).__name__ == "PanicException"
+
+
+def _check_codestream_size(instance: InstanceHeader) -> None:
+    """Refuse a compressed frame whose own header disagrees with Rows, Columns and Samples per Pixel:
+    decoders allocate what the codestream declares (codestream.py says why that matters)."""
+    syntax = _transfer_syntax(instance.dataset)
+    if not has_declared_geometry(syntax):
+        return
+    try:
+        frame = get_frame(instance.dataset.PixelData, instance.analysed_frame_index, number_of_frames=instance.frames)
+    except Exception:
+        return  # the frame cannot be found: the decoder fails the same way, and says why
+    try:
+        declared = declared_geometry(frame, syntax)
+    except ValueError as error:
+        raise InstanceSkipped(f"cannot decode transfer syntax {syntax}: {error}") from error
+    expected = (instance.rows, instance.columns, instance.samples_per_pixel)
+    if (declared.rows, declared.columns, declared.components) != expected:
+        raise InstanceSkipped(
+            f"compressed frame declares {declared.rows} x {declared.columns} x {declared.components} samples, "
+            f"the header {instance.rows} x {instance.columns} x {instance.samples_per_pixel}: not decoded")
 
 
 def _complete_transfer_syntax(dataset: Dataset) -> None:
