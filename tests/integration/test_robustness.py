@@ -3,10 +3,14 @@ skipped with a reason."""
 from __future__ import annotations
 
 import json
+import struct
+
+from pydicom.encaps import encapsulate, get_frame
+from pydicom.uid import JPEG2000Lossless
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
 from orthanc_ai.dicom.private_tags import read_results
-from tests.support.dicom_files import read, shared_data
+from tests.support.dicom_files import read, shared_data, synthetic_ct, to_bytes
 
 # Orthanc 1.10.1 itself (DCMTK's parser) dies with SIGSEGV on this file, with no plugin loaded at all
 # (reproduced with an empty "Plugins" list); the file is a regression test for a later Orthanc fix.
@@ -67,3 +71,26 @@ def test_every_robustness_file_is_predicted_or_skipped_and_none_lost(orthanc):
                      "1.2.840.10008.1.2.5.dcm", "1.2.840.10008.1.2.2.dcm", "1.2.840.10008.1.2.1.99.dcm",
                      "Monochrome1-Jpeg.dcm"):
         assert expected in predicted, f"{expected} not predicted"
+
+
+def test_a_frame_declaring_a_huge_size_is_skipped_before_any_decoder_allocates_it(orthanc):
+    """The fuzzer's find: a 64 × 64 JPEG 2000 CT whose codestream claims 16777344 columns. Decoding it
+    would take gigabytes inside Orthanc's process; it must be skipped, untouched, at no memory cost."""
+    ds = read(synthetic_ct(seed=5))
+    ds.compress(JPEG2000Lossless)
+    codestream = get_frame(ds.PixelData, 0, number_of_frames=1)
+    xsiz = 8  # SOC (2 bytes), SIZ marker, Lsiz and Rsiz (2 each), then Xsiz
+    ds.PixelData = encapsulate([codestream[:xsiz] + struct.pack(">I", 16_777_344) + codestream[xsiz + 4:]])
+    dicom = to_bytes(ds)
+    peak_before = orthanc.peak_memory_mib()
+
+    instance_id = orthanc.store_http(dicom)["ID"]
+
+    def outcome() -> dict | None:
+        return orthanc.get(f"/ai/instances/{instance_id}/predictions")["status"]
+
+    orthanc.wait_until(lambda: outcome() is not None, 60, "the instance's outcome")
+    assert outcome()["state"] == "skipped"
+    assert "compressed frame declares 64 x 16777344 x 1 samples, the header 64 x 64 x 1" in outcome()["reason"]
+    assert orthanc.get_bytes(f"/instances/{instance_id}/file") == dicom
+    assert orthanc.peak_memory_mib() - peak_before < 200, "Orthanc's peak memory grew by hundreds of MiB"

@@ -150,6 +150,14 @@ class OrthancProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def peak_memory_mib(self) -> float:
+        """The Orthanc process's peak resident memory so far (VmHWM)."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM in /proc status")
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
