@@ -51,6 +51,10 @@ class PluginConfig:
     max_frame_pixels: int = 40_000_000
     max_file_megabytes: int = 1024
     queue_capacity: int = 100_000
+    # Ingest first (ingest_pace.py): at this many new instances per second or more the workers hold back,
+    # each instance at most ingest_first_max_delay seconds. 0 turns it off.
+    ingest_first_above_per_second: int = 20
+    ingest_first_max_delay: int = 10
     # The "Routing" section as written; validated by routing.parse_routing once models are loaded.
     routing: Mapping[str, Any] = field(default_factory=dict)
     # The HTTP filter that fences REST deletions (deletion_fence.py): "auto" installs it where the Python
@@ -82,6 +86,8 @@ _KEYS: dict[str, tuple[str, type]] = {
     "MaxFramePixels": ("max_frame_pixels", int),
     "MaxFileMegabytes": ("max_file_megabytes", int),
     "QueueCapacity": ("queue_capacity", int),
+    "IngestFirstAbovePerSecond": ("ingest_first_above_per_second", int),
+    "IngestFirstMaxDelaySeconds": ("ingest_first_max_delay", int),
     "Routing": ("routing", dict),
     "DeletionFilter": ("deletion_filter", str),
     "Outputs": ("outputs", dict),
@@ -171,6 +177,10 @@ def _check_ranges(config: PluginConfig) -> None:
         raise ConfigurationError(f'"{SECTION}.Claims" must be one of {", ".join(CLAIMS_CHOICES)}')
     if config.queue_capacity < 1:
         raise ConfigurationError(f'"{SECTION}.QueueCapacity" must be at least 1')
+    if not 0 <= config.ingest_first_above_per_second <= 100_000:
+        raise ConfigurationError(f'"{SECTION}.IngestFirstAbovePerSecond" must be between 0 (off) and 100000')
+    if not 0 <= config.ingest_first_max_delay <= 3600:
+        raise ConfigurationError(f'"{SECTION}.IngestFirstMaxDelaySeconds" must be between 0 (off) and 3600')
     creator = config.private_creator
     if not (0 < len(creator) <= 64) or "\\" in creator or not creator.isascii() or not creator.isprintable():
         raise ConfigurationError(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .config import PluginConfig
 from .dicom.tagging import stored_results
+from .events.ingest_pace import IngestPace
 from .events.instance_guards import EchoGuard
 from .events.recovery import BacklogRecovery
 from .events.work_queue import PredictionQueue
@@ -46,6 +47,7 @@ class PluginService:
         work_queue = PredictionQueue(
             lambda instance_id: pipeline.process(instance_id, claim=True),
             echoes, status, config.workers, config.queue_capacity, config.worker_niceness,
+            IngestPace(config.ingest_first_above_per_second, config.ingest_first_max_delay),
         )
         forwarder = Forwarder(api, policy, pipeline.locks, capabilities)
 

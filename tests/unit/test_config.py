@@ -32,6 +32,8 @@ def test_relative_models_directory_is_taken_from_the_configuration_folder():
     ({"AppliesTo": {"m": {"Modality": "CT"}}}, "lists of accepted values"),
     ({"MaxFramePixels": 10}, "at least 4096"),
     ({"DeletionFilter": "yes"}, "\"OrthancAI.DeletionFilter\" must be one of auto, always, never"),
+    ({"IngestFirstAbovePerSecond": -1}, "\"OrthancAI.IngestFirstAbovePerSecond\" must be between 0 (off)"),
+    ({"IngestFirstMaxDelaySeconds": 1.5}, "\"OrthancAI.IngestFirstMaxDelaySeconds\" must be a whole number"),
 ])
 def test_bad_values_name_the_key(section, message):
     with pytest.raises(ConfigurationError) as error:

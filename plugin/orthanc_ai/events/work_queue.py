@@ -4,7 +4,8 @@ Why not ``OnStoredInstance``: with orthanc-python 4.0 (Debian's), the plugin
 keeps the GIL inside Orthanc API calls, so a worker calling the REST API while
 a stored-instance callback is registered deadlocks the server. The change
 callback only puts the instance id in this queue and returns at once, so
-ingest never waits for inference.
+ingest never waits for inference. During a burst of arrivals the workers also
+hold back (ingest_pace.py), so inference does not slow the burst down.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Callable
 
 from ..status import PluginStatus
+from .ingest_pace import IngestPace
 from .instance_guards import EchoGuard
 
 log = logging.getLogger(__name__)
@@ -31,15 +33,19 @@ class PredictionQueue:
         workers: int,
         capacity: int,
         niceness: int = 0,
+        pace: IngestPace | None = None,
     ) -> None:
         self._process = process
         self._echoes = echoes
         self._status = status
         self._worker_count = workers
         self._niceness = niceness
-        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self._pace = pace or IngestPace(burst_per_second=0, max_delay_seconds=0)
+        self._queue: queue.Queue = queue.Queue(maxsize=capacity)  # (instance id, time queued) or _STOP
         self._pending: set[str] = set()
         self._in_progress = 0
+        self._holding_back = 0
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -51,7 +57,9 @@ class PredictionQueue:
         """
         if self._echoes.consume(instance_id):
             self._status.record_echo()
-        elif enqueue:
+            return
+        self._pace.record_arrival()
+        if enqueue:
             self.submit(instance_id)
 
     def submit(self, instance_id: str) -> bool:
@@ -59,7 +67,7 @@ class PredictionQueue:
             if instance_id in self._pending:
                 return False  # already waiting; one run will see the latest file
             try:
-                self._queue.put_nowait(instance_id)
+                self._queue.put_nowait((instance_id, self._pace.now()))
             except queue.Full:
                 self._status.record_dropped()
                 log.error("Prediction queue full (%d): instance %s not queued", self._queue.maxsize, instance_id)
@@ -68,6 +76,7 @@ class PredictionQueue:
             return True
 
     def start(self) -> None:
+        self._stopping.clear()
         for number in range(self._worker_count):
             thread = threading.Thread(target=self._work, name=f"orthanc-ai-worker-{number}", daemon=True)
             thread.start()
@@ -75,7 +84,9 @@ class PredictionQueue:
         log.info("%d prediction worker(s) started", self._worker_count)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Let each worker finish its current instance, then end; the rest of the queue is dropped."""
+        """Let each worker finish its current instance, then end; the rest of the queue is dropped, and so is
+        an instance a worker was holding back for ingest."""
+        self._stopping.set()
         self.discard_pending()
         for _ in self._threads:
             self._queue.put(_STOP)
@@ -110,23 +121,45 @@ class PredictionQueue:
         with self._lock:
             return self._in_progress
 
+    @property
+    def holding_back(self) -> int:
+        """Instances taken by a worker that waits for a burst of arrivals to end (counted in in_progress)."""
+        with self._lock:
+            return self._holding_back
+
     def _work(self) -> None:
         _lower_priority(self._niceness)
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
-            instance_id: str = item
+            instance_id, queued_at = item
             with self._lock:
                 self._pending.discard(instance_id)
                 self._in_progress += 1
             try:
-                self._process(instance_id)
+                if self._hold_back_during_ingest(queued_at):
+                    self._process(instance_id)
             except Exception:  # the pipeline records its own failures; this is the last net
                 log.exception("Worker failed on instance %s", instance_id)
             finally:
                 with self._lock:
                     self._in_progress -= 1
+
+    def _hold_back_during_ingest(self, queued_at: float) -> bool:
+        """Wait while a burst of arrivals lasts (at most the pace's maximum delay); False if stopping."""
+        pause = self._pace.hold_back(queued_at)
+        if not pause:
+            return True
+        with self._lock:
+            self._holding_back += 1
+        try:
+            while pause and not self._stopping.wait(pause):
+                pause = self._pace.hold_back(queued_at)
+        finally:
+            with self._lock:
+                self._holding_back -= 1
+        return not self._stopping.is_set()
 
 
 def _lower_priority(niceness: int) -> None:

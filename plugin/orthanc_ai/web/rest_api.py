@@ -51,6 +51,7 @@ def plugin_status(service: PluginService) -> Response:
         {
             "queueLength": service.queue.length,
             "inProgress": service.queue.in_progress,
+            "holdingBackForIngest": service.queue.holding_back,
             "recoveredAtStartup": service.recovery.recovered,
             "routedAgainAtStartup": service.recovery.routed_again,
             "routing": service.forwarder.status(),
