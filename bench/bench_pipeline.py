@@ -8,7 +8,10 @@ Starts, side by side and with the project's orthanc.json (tests/support/orthanc_
   * "plain":  Orthanc without any plugin ("Plugins": []), the baseline;
   * "plugin": Orthanc with the Python plugin and every model in models/ that loads;
   * with --idle-plugin, "plugin-idle": the same with "AutoPredict": false (the plugin's hooks without
-    the prediction work), in the ingest rounds only.
+    the prediction work), in the ingest rounds only;
+  * with --eager-plugin, "plugin-eager": the plugin with ingest first off ("IngestFirstAbovePerSecond": 0,
+    the behaviour before it existed: workers predict while ingest goes on), in the ingest rounds and the
+    sustained phase, so its effect is measured side by side.
 
 and prints, in one run:
 
@@ -180,6 +183,7 @@ class Bench:
         self.results: dict[str, Any] = {}
         self._next_file = 0
         self.files: list[Path] = []
+        self.processed: dict[str, int] = {}  # outcomes expected by each predicting server so far
 
     # -- data
     def make_files(self, count: int) -> None:
@@ -214,6 +218,11 @@ class Bench:
             self.idle = OrthancProcess(self.workdir / "idle", Path(self.args.models),
                                        plugin_overrides=idle_overrides).start()
             self.servers["plugin-idle"] = (self.idle, Client(self.idle))
+        if self.args.eager_plugin:
+            eager_overrides = dict(plugin_overrides or {}, IngestFirstAbovePerSecond=0)
+            self.eager = OrthancProcess(self.workdir / "eager", Path(self.args.models),
+                                        plugin_overrides=eager_overrides).start()
+            self.servers["plugin-eager"] = (self.eager, Client(self.eager))
         models = self.plugin_client.get_json("/ai/models")
         self.loaded_models = [f"{m['name']} {m['version']}" for m in models["models"]]
         print(f"plain Orthanc pid {pid_of(self.plain)}, plugin Orthanc pid {pid_of(self.plugin)}")
@@ -223,19 +232,23 @@ class Bench:
         self.results["models_failed"] = models["failedToLoad"]
 
     def stop_servers(self) -> None:
-        for server in (getattr(self, "plain", None), getattr(self, "plugin", None), getattr(self, "idle", None)):
+        for server in (getattr(self, "plain", None), getattr(self, "plugin", None), getattr(self, "idle", None),
+                       getattr(self, "eager", None)):
             if server is not None:
                 server.stop()
 
     # -- phases
     def warm_up(self) -> None:
         files = self.take(self.args.warmup)
+        predicting = [which for which in ("plugin", "plugin-eager") if which in self.servers]
         for path in files:
             data = path.read_bytes()
             self.plain_client.store(data)
-            self.plugin_client.store(data)
-        wait_processed(self.plugin_client, len(files))
-        self.processed = len(files)
+            for which in predicting:
+                self.servers[which][1].store(data)
+        self.processed = {which: len(files) for which in predicting}
+        for which in predicting:
+            wait_processed(self.servers[which][1], len(files))
         plain_rss, plain_hwm = rss_mb(pid_of(self.plain))
         plugin_rss, plugin_hwm = rss_mb(pid_of(self.plugin))
         self.results["rss_after_warmup"] = {"plain_mb": plain_rss, "plugin_mb": plugin_rss,
@@ -258,11 +271,11 @@ class Bench:
             if done.returncode != 0:
                 raise RuntimeError(f"storescu failed ({done.returncode}): {done.stderr[-500:]}")
         elapsed = time.monotonic() - started
-        if which == "plugin":
+        if which in self.processed:
             # Let the plugin finish its backlog so the next measurement starts from idle; the CPU it
             # spends after ingest is counted, the time is not.
-            self.processed += len(files)
-            wait_processed(client, self.processed)
+            self.processed[which] += len(files)
+            wait_processed(client, self.processed[which])
         cpu = cpu_seconds(pid_of(server)) - cpu_before
         return len(files) / elapsed, cpu / len(files)
 
@@ -286,6 +299,11 @@ class Bench:
                     row["idle_per_s"] = measured["plugin-idle"][0]
                     row["idle_ratio"] = measured["plugin-idle"][0] / measured["plain"][0]
                     idle = f", plugin-idle {row['idle_per_s']:7.1f}/s (ratio {row['idle_ratio']:.3f})"
+                if "plugin-eager" in measured:
+                    row["eager_per_s"] = measured["plugin-eager"][0]
+                    row["eager_ratio"] = measured["plugin-eager"][0] / measured["plain"][0]
+                    row["eager_cpu_ms"] = measured["plugin-eager"][1] * 1000
+                    idle += f", plugin-eager {row['eager_per_s']:7.1f}/s (ratio {row['eager_ratio']:.3f})"
                 rows.append(row)
                 print(f"  round {round_index + 1} {protocol:6s} (order {'/'.join(order)}): plain "
                       f"{measured['plain'][0]:7.1f}/s, plugin {measured['plugin'][0]:7.1f}/s, ratio {ratio:.3f}{idle}; "
@@ -306,6 +324,12 @@ class Bench:
             if self.args.idle_plugin:
                 summary[protocol]["idle_median_per_s"] = statistics.median(r["idle_per_s"] for r in mine)
                 summary[protocol]["idle_ratio_median"] = statistics.median(r["idle_ratio"] for r in mine)
+            if self.args.eager_plugin:
+                summary[protocol]["eager_median_per_s"] = statistics.median(r["eager_per_s"] for r in mine)
+                summary[protocol]["eager_ratio_median"] = statistics.median(r["eager_ratio"] for r in mine)
+                summary[protocol]["eager_ratio_min"] = min(r["eager_ratio"] for r in mine)
+                summary[protocol]["eager_ratio_max"] = max(r["eager_ratio"] for r in mine)
+                summary[protocol]["eager_cpu_ms_median"] = statistics.median(r["eager_cpu_ms"] for r in mine)
         self.results["ingest_rounds"] = rows
         self.results["ingest"] = summary
 
@@ -328,8 +352,8 @@ class Bench:
             done = time.monotonic()
             walls.append((done - stored) * 1000)
             with_upload.append((done - started) * 1000)
-        self.processed += len(walls)
-        wait_processed(self.plugin_client, self.processed)
+        self.processed["plugin"] += len(walls)
+        wait_processed(self.plugin_client, self.processed["plugin"])
         predictions = self.plugin_client.get_json(f"/ai/instances/{instance_id}/predictions")
         after = self.plugin_client.get_json("/ai/status")["latencySeconds"]
         self.results["latency"] = {
@@ -348,23 +372,26 @@ class Bench:
         del before
 
     def sustained(self) -> None:
-        files = self.take(self.args.sustained)
-        cpu_before = cpu_seconds(pid_of(self.plugin))
-        started = time.monotonic()
-        done = self.plugin.store_cstore(files)
-        ingested = time.monotonic()
-        if done.returncode != 0:
-            raise RuntimeError(f"storescu failed ({done.returncode}): {done.stderr[-500:]}")
-        self.processed += len(files)
-        finished = wait_processed(self.plugin_client, self.processed)
-        cpu = cpu_seconds(pid_of(self.plugin)) - cpu_before
-        rate = len(files) / (finished - started)
-        self.results["sustained"] = {"instances": len(files), "ingest_s": ingested - started,
-                                     "total_s": finished - started, "processed_per_s": rate,
-                                     "cpu_ms_per_instance": cpu / len(files) * 1000}
-        print(f"  {len(files)} instances by C-STORE: ingest {ingested - started:.1f} s, all tagged after "
-              f"{finished - started:.1f} s → {rate:.1f} processed instances/s; Orthanc+plugin CPU "
-              f"{cpu / len(files) * 1000:.1f} ms/instance")
+        files = self.take(self.args.sustained)  # the same files into each predicting server, one after the other
+        self.results["sustained"] = {}
+        for which in self.processed:
+            server, client = self.servers[which]
+            cpu_before = cpu_seconds(pid_of(server))
+            started = time.monotonic()
+            done = server.store_cstore(files)
+            ingested = time.monotonic()
+            if done.returncode != 0:
+                raise RuntimeError(f"storescu failed ({done.returncode}): {done.stderr[-500:]}")
+            self.processed[which] += len(files)
+            finished = wait_processed(client, self.processed[which])
+            cpu = cpu_seconds(pid_of(server)) - cpu_before
+            rate = len(files) / (finished - started)
+            self.results["sustained"][which] = {
+                "instances": len(files), "ingest_s": ingested - started, "total_s": finished - started,
+                "processed_per_s": rate, "cpu_ms_per_instance": cpu / len(files) * 1000}
+            print(f"  {which}: {len(files)} instances by C-STORE: ingest {ingested - started:.1f} s, all tagged "
+                  f"after {finished - started:.1f} s → {rate:.1f} processed instances/s; Orthanc+plugin CPU "
+                  f"{cpu / len(files) * 1000:.1f} ms/instance")
 
     def memory_at_end(self) -> None:
         plain_rss, plain_hwm = rss_mb(pid_of(self.plain))
@@ -444,14 +471,20 @@ class Bench:
             if "idle_ratio_median" in s:
                 print(f"{'  plugin loaded, AutoPredict false: instances/s, ratio':58s} {'':>10s} "
                       f"{s['idle_median_per_s']:10.1f} {s['idle_ratio_median']:12.3f}")
+            if "eager_ratio_median" in s:
+                print(f"{'  plugin with ingest first off: instances/s, ratio':58s} {'':>10s} "
+                      f"{s['eager_median_per_s']:10.1f} {s['eager_ratio_median']:12.3f}  (rounds "
+                      f"{s['eager_ratio_min']:.3f}–{s['eager_ratio_max']:.3f}; CPU ms/instance "
+                      f"{s['eager_cpu_ms_median']:.1f})")
         lat = r["latency"]
         print(f"{'store→tags wall p50 / p95, ms (512x512 CT)':58s} {'':>10s} "
               f"{lat['wall_p50_ms']:5.1f}/{lat['wall_p95_ms']:<5.1f}{'':>11s}[p50 ≤ {TARGETS['latency_p50_ms']:.0f}]")
         print(f"{'plugin pipeline time p50 / p95, ms (/ai/status)':58s} {'':>10s} "
               f"{lat['plugin_reported_p50_ms']:5.1f}/{lat['plugin_reported_p95_ms']:<5.1f}")
-        sus = r["sustained"]
-        print(f"{'sustained processed instances/s':58s} {'':>10s} {sus['processed_per_s']:10.1f} {'':>12s}  "
-              f"[≥ {TARGETS['sustained_per_s']:.0f}]")
+        for which, sus in r["sustained"].items():
+            label = "sustained processed instances/s" + (" (ingest first off)" if which == "plugin-eager" else "")
+            print(f"{label:58s} {'':>10s} {sus['processed_per_s']:10.1f} {'':>12s}  "
+                  f"[≥ {TARGETS['sustained_per_s']:.0f}]")
         for key, label in (("rss_after_warmup", "RSS after warm-up, MiB"), ("rss_at_end", "RSS at the end, MiB")):
             m = r[key]
             print(f"{label:58s} {m['plain_mb']:10.0f} {m['plugin_mb']:10.0f} {m['added_mb']:+12.0f}  "
@@ -510,6 +543,8 @@ def main() -> None:
     parser.add_argument("--models", default=str(REPO / "models"), help="models directory (default: models/)")
     parser.add_argument("--idle-plugin", action="store_true",
                         help="also interleave an Orthanc with the plugin loaded but AutoPredict false")
+    parser.add_argument("--eager-plugin", action="store_true",
+                        help="also interleave an Orthanc with the plugin predicting and ingest first off")
     parser.add_argument("--skip-models", action="store_true", help="do not run bench/bench_models.py")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory (logs, storage)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from orthanc_ai.events.ingest_pace import POLL_SECONDS, IngestPace
+from orthanc_ai.events.ingest_pace import POLL_SECONDS, QUIET_GAP_SECONDS, IngestPace
 from orthanc_ai.events.instance_guards import EchoGuard
 from orthanc_ai.events.work_queue import PredictionQueue
 from orthanc_ai.status import PluginStatus
@@ -44,7 +44,9 @@ def test_a_burst_holds_back_until_it_ends():
     arrivals(pace, clock, 50, per_second=100)
     queued_at = clock.now
     assert pace.hold_back(queued_at) == POLL_SECONDS
-    clock.now += 1.01  # a second with no arrival: the burst is over
+    clock.now += QUIET_GAP_SECONDS - 0.05  # a gap shorter than the quiet gap: still the same burst
+    assert pace.hold_back(queued_at) == POLL_SECONDS
+    clock.now += 0.1  # no arrival for longer than the quiet gap: the burst is over
     assert pace.hold_back(queued_at) == 0
 
 
@@ -87,7 +89,7 @@ def test_workers_hold_back_during_a_burst_then_process_everything():
     assert sorted(int(i) for i, _ in processed) == list(range(60))
     held = [t - burst_end for _, t in processed if t > burst_end]
     assert len(held) >= 40
-    assert 0.5 < min(held) < 2.0, f"the held-back instances went on {min(held):.2f} s after the burst"
+    assert QUIET_GAP_SECONDS - 0.05 < min(held) < 1.5, f"the held-back instances went on {min(held):.2f} s after"
 
 
 def test_stopping_releases_a_worker_that_holds_back_and_drops_its_instance():
