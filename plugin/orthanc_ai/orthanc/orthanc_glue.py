@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -313,7 +313,7 @@ def _on_change(change_type: int, level: int, resource_id: str) -> None:
         service.start()
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
         service.stop()
-        # Orthanc's HTTP server stops only after this returns: a request that comes meanwhile gets an error.
+        # Orthanc's HTTP server stops only after this returns: a request that comes meanwhile gets 503.
         _REST_THREADS.shutdown(wait=True, cancel_futures=True)
         _spare_the_final_collection()
 
@@ -437,7 +437,14 @@ def _handled(handler: Callable[..., rest_api.Response], *arguments: Any) -> rest
     on Orthanc's HTTP threads (see _spare_the_final_collection). So predictions, reports and every other
     route's work run on Python-created threads, as the workers' do.
     """
-    return _REST_THREADS.submit(rest_api.guarded, handler, _service, *arguments).result()
+    try:
+        work = _REST_THREADS.submit(rest_api.guarded, handler, _service, *arguments)
+    except RuntimeError:  # shut down at ORTHANC_STOPPED, while Orthanc's HTTP server still takes requests
+        return 503, {"error": "Orthanc is stopping"}
+    try:
+        return work.result()
+    except CancelledError:  # queued behind busy threads when the pool was shut down
+        return 503, {"error": "Orthanc is stopping"}
 
 
 def _query_route(handler: Callable[..., rest_api.Response]) -> Callable[..., None]:
