@@ -109,16 +109,6 @@ def pid_of(server: OrthancProcess) -> int:
     return server.process.pid
 
 
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) in MiB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads)."""
     parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -249,8 +239,8 @@ class Bench:
         self.processed = {which: len(files) for which in predicting}
         for which in predicting:
             wait_processed(self.servers[which][1], len(files))
-        plain_rss, plain_hwm = rss_mb(pid_of(self.plain))
-        plugin_rss, plugin_hwm = rss_mb(pid_of(self.plugin))
+        plain_rss, plain_hwm = self.plain.memory_mib()
+        plugin_rss, plugin_hwm = self.plugin.memory_mib()
         self.results["rss_after_warmup"] = {"plain_mb": plain_rss, "plugin_mb": plugin_rss,
                                             "added_mb": plugin_rss - plain_rss,
                                             "plain_hwm_mb": plain_hwm, "plugin_hwm_mb": plugin_hwm}
@@ -394,8 +384,8 @@ class Bench:
                   f"{cpu / len(files) * 1000:.1f} ms/instance")
 
     def memory_at_end(self) -> None:
-        plain_rss, plain_hwm = rss_mb(pid_of(self.plain))
-        plugin_rss, plugin_hwm = rss_mb(pid_of(self.plugin))
+        plain_rss, plain_hwm = self.plain.memory_mib()
+        plugin_rss, plugin_hwm = self.plugin.memory_mib()
         self.results["rss_at_end"] = {"plain_mb": plain_rss, "plugin_mb": plugin_rss,
                                       "added_mb": plugin_rss - plain_rss,
                                       "plain_hwm_mb": plain_hwm, "plugin_hwm_mb": plugin_hwm}

@@ -150,13 +150,15 @@ class OrthancProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def peak_memory_mib(self) -> float:
-        """The Orthanc process's peak resident memory so far (VmHWM)."""
+    def memory_mib(self) -> tuple[float, float]:
+        """The Orthanc process's resident memory now and its peak so far (VmRSS, VmHWM), in MiB."""
         assert self.process is not None
+        fields = {}
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM in /proc status")
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+        return fields["VmRSS"], fields["VmHWM"]
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
