@@ -180,6 +180,36 @@ def test_parents_with_other_children_are_left_alone(pipeline_for):
     assert api.labels("series", series) == ["qa"] and writes == []
 
 
+def test_a_study_whose_series_keeps_another_image_is_left_alone_though_it_has_one_series(pipeline_for):
+    # Only the study keeps something; whether the overwrite deletes it depends on the series below it.
+    api = MemoryOrthanc()
+    first = api.add(synthetic_ct(seed=10, study_uid="1.2.3.5", series_uid="1.2.3.5.1"))
+    api.add(synthetic_ct(seed=11, study_uid="1.2.3.5", series_uid="1.2.3.5.1"))
+    _, study, _ = api.parents[first]
+    api.set_metadata("studies", study, "Workflow", "second reading")
+    writes: list[tuple] = []
+    api.set_metadata = lambda *args: writes.append(args)
+    assert pipeline_for(api).process(first).state == "predicted"
+    assert [write for write in writes if write[0] != "instances"] == []
+
+
+def test_parents_children_are_listed_only_where_a_parent_keeps_something(pipeline_for):
+    # Listing a parent's children costs Orthanc O(children) per image: a 1000-image series, a patient
+    # with 1000 studies. Where no parent keeps anything, none is listed.
+    api = MemoryOrthanc()
+    lonely = api.add(synthetic_ct(seed=12))
+    listed: list[str] = []
+    list_children = api.resource
+    api.resource = lambda level, resource_id: listed.append(level) or list_children(level, resource_id)
+    assert pipeline_for(api).process(lonely).state == "predicted"
+    assert listed == []
+    # A label on the patient: series, study and patient are each listed once to learn the patient goes too.
+    _, _, patient = api.parents[lonely]
+    api.add_label("patients", patient, "vip")
+    assert pipeline_for(api).process(lonely, force=True).state == "predicted"
+    assert listed == ["series", "studies", "patients"] and api.labels("patients", patient) == ["vip"]
+
+
 def test_same_model_version_is_not_run_twice_unless_forced(pipeline_for):
     api = MemoryOrthanc()
     instance_id = api.add(synthetic_ct(seed=2))
