@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from orthanc_ai.events.ingest_pace import POLL_SECONDS, QUIET_GAP_SECONDS, IngestPace
+from orthanc_ai.events.ingest_pace import POLL_SECONDS, QUIET_GAP_SECONDS, WINDOW_SECONDS, IngestPace
 from orthanc_ai.events.instance_guards import EchoGuard
 from orthanc_ai.events.work_queue import PredictionQueue
 from orthanc_ai.status import PluginStatus
@@ -29,6 +29,16 @@ def test_a_single_image_on_an_idle_server_is_never_held_back():
     pace = IngestPace(burst_per_second=20, max_delay_seconds=10, clock=clock)
     pace.record_arrival()
     assert pace.hold_back(queued_at=clock.now) == 0
+
+
+def test_a_low_threshold_still_needs_two_arrivals_at_that_rate():
+    clock = FakeClock()
+    pace = IngestPace(burst_per_second=2, max_delay_seconds=10, clock=clock)
+    pace.record_arrival()
+    assert pace.hold_back(queued_at=clock.now) == 0
+    clock.now += 0.1
+    pace.record_arrival()  # 2 within a second: 10 per second
+    assert pace.hold_back(queued_at=clock.now) == POLL_SECONDS
 
 
 def test_arrivals_slower_than_the_threshold_are_not_a_burst():
@@ -79,8 +89,8 @@ def test_workers_hold_back_during_a_burst_then_process_everything():
             time.sleep(0.005)
         burst_end = time.monotonic()
         assert work_queue.holding_back > 0
-        # The burst is known from its 20th arrival on (20 within a second): those before went through.
-        assert len(processed) <= 20, f"{len(processed)} instances predicted during the burst"
+        # The burst is known from its 5th arrival on (20 per second over the window): those before went through.
+        assert len(processed) <= 20 * WINDOW_SECONDS, f"{len(processed)} instances predicted during the burst"
         deadline = time.monotonic() + 10
         while len(processed) < 60 and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -14,9 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 
-WINDOW_SECONDS = 1.0
-# A burst is over after this long without an arrival: at 20 or more per second the gaps are 50 ms or less,
-# and waiting for the whole window to empty would leave the CPU idle for most of a second after each one.
+# The rate is measured over about the last quarter of a second (the last 5 arrivals at 20 per second, and at
+# least 2): a burst is recognised after its first few instances, which are predicted while ingest goes on.
+WINDOW_SECONDS = 0.25
+# A burst is over after this long without an arrival: at 20 or more per second the gaps are 50 ms or less.
 QUIET_GAP_SECONDS = 0.25
 POLL_SECONDS = 0.1  # how often a waiting worker looks again
 
@@ -28,11 +29,12 @@ class IngestPace:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._max_delay = max_delay_seconds
         self._clock = clock
-        # The arrival times of the last `burst_per_second` instances: a burst is when all of them fell
-        # within the last second, and the latest within the quiet gap.
-        self._arrivals: collections.deque[float] = collections.deque(
-            maxlen=max(1, math.ceil(burst_per_second * WINDOW_SECONDS)))
+        # The arrival times of the last few instances: a burst is when they came at the rate or faster, and the
+        # latest within the quiet gap (still arriving).
+        count = max(2, math.ceil(burst_per_second * WINDOW_SECONDS))
+        self._arrivals: collections.deque[float] = collections.deque(maxlen=count)
         self._enabled = burst_per_second > 0 and max_delay_seconds > 0
+        self._burst_span = (count - 1) / burst_per_second if self._enabled else 0.0  # count - 1 gaps
         self._lock = threading.Lock()
 
     def record_arrival(self) -> None:
@@ -56,5 +58,6 @@ class IngestPace:
 
     def _in_burst(self, now: float) -> bool:
         with self._lock:
-            return (len(self._arrivals) == self._arrivals.maxlen and self._arrivals[0] > now - WINDOW_SECONDS
+            return (len(self._arrivals) == self._arrivals.maxlen
+                    and self._arrivals[-1] - self._arrivals[0] <= self._burst_span
                     and self._arrivals[-1] > now - QUIET_GAP_SECONDS)
