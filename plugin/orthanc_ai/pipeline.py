@@ -151,7 +151,8 @@ class PredictionPipeline:
         self._store_back(instance_id, tagged, carryover, run.provenance, ticket, ids)
         replaced = {r.model for r in results}
         return Outcome(instance_id, "predicted", results=[r for r in existing if r.model not in replaced] + results,
-                       replaced=[r for r in existing if r.model in replaced])
+                       replaced=[r for r in existing if r.model in replaced],
+                       study_id=ids.study if ids is not None else None)
 
     @staticmethod
     def _provenance(metadata: dict[str, str], size: int) -> dict:

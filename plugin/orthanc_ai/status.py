@@ -25,6 +25,8 @@ class Outcome:
     seconds: float = 0.0
     # The earlier results (ModelResult) this prediction replaced in the instance: their outputs are outdated.
     replaced: list[Any] = field(default_factory=list)
+    # Orthanc's id of the instance's study, where computed from its file (saves the after-prediction hooks a call).
+    study_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {

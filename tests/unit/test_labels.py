@@ -76,9 +76,9 @@ class FakeApi:
         self.labels.append((study_id, label))
 
 
-def outcome(state="predicted"):
+def outcome(state="predicted", study_id=None):
     results = [SimpleNamespace(model="lung-ct-3", top_class="Normal"), SimpleNamespace(model="m.2", top_class="A b")]
-    return SimpleNamespace(state=state, instance_id="i1", results=results)
+    return SimpleNamespace(state=state, instance_id="i1", results=results, study_id=study_id)
 
 
 def test_labeler_labels_the_study_once_orthanc_has_labels():
@@ -90,6 +90,14 @@ def test_labeler_labels_the_study_once_orthanc_has_labels():
     labeler(outcome())
     assert api.labels == [("study-of-i1", "ai-lung-ct-3-Normal"), ("study-of-i1", "ai-m_2-A_b")] * 2
     assert api.system_calls == 1
+
+
+def test_labeler_takes_the_study_from_the_outcome_where_the_pipeline_knows_it():
+    api = FakeApi("1.12.1")
+    api.instance_study = None  # an Orthanc call per image (it slows as the index grows): not made
+    capabilities = OrthancCapabilities(api.system)
+    StudyLabeler(api, lambda: capabilities.labels)(outcome(study_id="study-from-file"))
+    assert api.labels == [("study-from-file", "ai-lung-ct-3-Normal"), ("study-from-file", "ai-m_2-A_b")]
 
 
 def test_labeler_does_nothing_on_orthanc_1_10():

@@ -210,6 +210,12 @@ def test_parents_children_are_listed_only_where_a_parent_keeps_something(pipelin
     assert listed == ["series", "studies", "patients"] and api.labels("patients", patient) == ["vip"]
 
 
+def test_a_predicted_outcome_names_the_study_orthanc_stored_the_instance_in(pipeline_for):
+    api = MemoryOrthanc()
+    instance_id = api.add(synthetic_ct(seed=13))
+    assert pipeline_for(api).process(instance_id).study_id == api.parents[instance_id][1]
+
+
 def test_same_model_version_is_not_run_twice_unless_forced(pipeline_for):
     api = MemoryOrthanc()
     instance_id = api.add(synthetic_ct(seed=2))

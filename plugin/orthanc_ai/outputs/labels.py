@@ -90,7 +90,7 @@ class StudyLabeler:
     def __call__(self, outcome: Any) -> None:
         if outcome.state != "predicted" or not outcome.results or not self.has_labels():
             return
-        study = self.api.instance_study(outcome.instance_id)
+        study = outcome.study_id or self.api.instance_study(outcome.instance_id)
         for result in outcome.results:
             self.api.add_study_label(study, label_for(result.model, result.top_class))
 
