@@ -43,10 +43,15 @@ class CarryoverSettings:
     user_attachments: frozenset[str] = frozenset()
     labels: bool = False
 
+    def kept_metadata(self, level: str) -> frozenset[str]:
+        """The metadata names carried over at this level: the pipeline writes its own instance metadata
+        afresh, and parents never hold any of the plugin's."""
+        return self.user_metadata - (PIPELINE_METADATA if level == "instances" else PLUGIN_METADATA)
+
     @property
     def parent_keepings_possible(self) -> bool:
         """Whether a series, study or patient can hold anything to carry over."""
-        return bool(self.user_metadata - PLUGIN_METADATA or self.user_attachments or self.labels)
+        return bool(self.kept_metadata("series") or self.user_attachments or self.labels)
 
 
 @dataclass
@@ -88,16 +93,18 @@ def read_carryover(api: OrthancApi, instance_id: str, ids: OrthancIds | None,
     ``ids``: the instance's and its parents' ids where computed from its file (else asked of Orthanc);
     ``instance_metadata``: already read by the pipeline.
 
-    A parent's keepings are read first (a few constant-cost calls); whether it would be deleted is asked
-    only where it keeps something, because Orthanc answers that by listing the parent's children: once
-    per image, a 1000-image series or a patient with 1000 studies costs about 1 ms each time.
+    The series' images are listed first: most often there are several, and that one call settles that no
+    parent is deleted. A study's or patient's children (which grow with its history) are listed only where
+    it keeps something: its keepings are read first, in a few constant-cost calls.
     """
     resources = [_keepings(api, "instances", instance_id, settings, instance_metadata)]
     if not settings.parent_keepings_possible:
         return Carryover(resources)
     lineage = _Lineage(api, instance_id, ids)
+    if not lineage.deleted_with_instance(0):
+        return Carryover(resources)  # the series keeps other images: the overwrite leaves every parent alone
     for depth, level in enumerate(PARENT_LEVELS):
-        kept = _keepings(api, level, lineage.parent(depth), settings, None)
+        kept = _keepings(api, level, lineage.ids[depth], settings, None)
         if kept.is_empty():
             continue  # nothing to lose, whether the overwrite deletes it or not
         if not lineage.deleted_with_instance(depth):
@@ -107,38 +114,32 @@ def read_carryover(api: OrthancApi, instance_id: str, ids: OrthancIds | None,
 
 
 class _Lineage:
-    """The instance's series, study and patient (depth 0, 1, 2), and whether each has this instance as its
-    only descendant. A parent's JSON (which lists its children) is read at most once, and only when asked."""
+    """The ids of the instance's series, study and patient (depth 0, 1, 2), and whether each has this instance
+    as its only descendant. A parent's JSON (which lists its children) is read at most once."""
 
     def __init__(self, api: OrthancApi, instance_id: str, ids: OrthancIds | None) -> None:
         self.api = api
-        self.instance_id = instance_id
-        self.parent_ids = [ids.series, ids.study, ids.patient] if ids is not None else []
-        self.resources: list[dict[str, Any]] = []
-
-    def parent(self, depth: int) -> str:
-        if not self.parent_ids:  # ids not derivable from the file: each JSON names the parent
-            self.parent_ids.append(str(self.api.resource("instances", self.instance_id)["ParentSeries"]))
-        while len(self.parent_ids) <= depth:
-            child = len(self.parent_ids) - 1
-            self.parent_ids.append(str(self._resource(child)[PARENT_KEY[PARENT_LEVELS[child]]]))
-        return self.parent_ids[depth]
+        self.resources: dict[int, dict[str, Any]] = {}
+        if ids is not None:
+            self.ids = [ids.series, ids.study, ids.patient]
+        else:  # not derivable from the file: each JSON names the next parent
+            self.ids = [str(api.resource("instances", instance_id)["ParentSeries"])]
+            for depth, level in enumerate(PARENT_LEVELS[:-1]):
+                self.ids.append(str(self._resource(depth)[PARENT_KEY[level]]))
 
     def deleted_with_instance(self, depth: int) -> bool:
         return all(len(self._resource(d).get(CHILDREN_KEY[PARENT_LEVELS[d]], [])) <= 1 for d in range(depth + 1))
 
     def _resource(self, depth: int) -> dict[str, Any]:
-        while len(self.resources) <= depth:
-            next_depth = len(self.resources)
-            self.resources.append(self.api.resource(PARENT_LEVELS[next_depth], self.parent(next_depth)))
+        if depth not in self.resources:
+            self.resources[depth] = self.api.resource(PARENT_LEVELS[depth], self.ids[depth])
         return self.resources[depth]
 
 
 def _keepings(api: OrthancApi, level: str, resource_id: str, settings: CarryoverSettings,
               metadata: Mapping[str, str] | None) -> ResourceKeepings:
     kept = ResourceKeepings(level, resource_id)
-    # The pipeline writes its own instance metadata afresh; parents never hold any of the plugin's.
-    kept_names = settings.user_metadata - (PIPELINE_METADATA if level == "instances" else PLUGIN_METADATA)
+    kept_names = settings.kept_metadata(level)
     if kept_names:
         values = metadata if metadata is not None else api.metadata(level, resource_id)
         kept.metadata = {name: value for name, value in values.items() if name in kept_names}
