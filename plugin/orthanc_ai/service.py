@@ -73,8 +73,11 @@ class PluginService:
         pipeline.after_prediction.append(labeller)
         if config.heatmap_secondary_capture:
             status.heatmap_captures_enabled = True
-            pipeline.after_prediction.append(HeatmapCaptureWriter(
-                api, registry, echoes, pipeline.fence, status, config.max_frame_pixels))
+            captures = HeatmapCaptureWriter(api, registry, echoes, pipeline.fence, status, config.max_frame_pixels)
+            pipeline.after_prediction.append(captures)
+            if policy.rules:  # a capture goes where its image went, as an SR goes where its images went
+                captures.after_write.append(lambda capture_id, outcome: forwarder.route(
+                    capture_id, decide_for_report(policy, [outcome.results])))
         reporter.after_report.append(labeller.on_report)
         if not registry.models:
             log.error("No model could be loaded from %s: nothing will be predicted", config.models_directory)

@@ -214,6 +214,37 @@ def test_structured_report_follows_the_images_it_reports(site):
     assert set(spine.get("/instances")) == spine_before, "nothing went where the image did not"
 
 
+def test_a_heatmap_capture_goes_where_its_image_went(tmp_path_factory):
+    """With heatmap Secondary Captures on, each capture is sent to the destinations its image's rules chose
+    (as an SR follows its images), with the same audit; the capture of an image no rule sends stays."""
+    models = tmp_path_factory.mktemp("heat-router-models")
+    build_model(models, ROUTER, ["chest", "spine", "other"], {"Modality": ["CR", "DX"]},
+                brightness_weights=[(4.0, 0.0), (-4.0, 0.0), (0.0, 2.0)], heatmap=True)
+    chest = start_destination(tmp_path_factory, "CHESTAI")
+    rules = {"Rules": [{"Name": "chest-films", "Model": ROUTER, "Classes": ["chest"], "Forward": ["chest-ai"]}],
+             "RetryDelaySeconds": 0.3}
+    main = OrthancProcess(tmp_path_factory.mktemp("main"), models, {
+        "DicomModalities": {"chest-ai": ["CHESTAI", "127.0.0.1", chest.dicom_port]},
+    }, {"Routing": rules, "Outputs": {"HeatmapSecondaryCapture": True}}).start()
+    try:
+        bright = main.store_http(radiograph(250, "CR"))
+        main.store_http(radiograph(128, "DX"))  # "other": no rule sends it
+        main.wait_until(lambda: main.status()["heatmapSecondaryCaptures"]["outcomes"].get("written", 0) == 2, 60,
+                        "both captures written")
+        [capture_series] = [s for s in main.get(f"/studies/{bright['ParentStudy']}/series")
+                            if s["MainDicomTags"].get("SeriesDescription") == f"AI heatmap: {ROUTER}"]
+        [capture] = capture_series["Instances"]
+        main.wait_until(lambda: [(e["outcome"], e["rule"]) for e in main.get(f"/ai/routing?instance={capture}")[
+            "entries"]] == [("queued", "chest-films"), ("sent", "chest-films")], 30, "the audit of the capture's send")
+        time.sleep(1.0)  # the other image's capture would arrive now
+        assert sorted(chest.get("/instances")) == sorted([bright["ID"], capture])
+        sent = read(chest.get_bytes(f"/instances/{capture}/file"))
+        assert sent.SourceImageSequence[0].ReferencedSOPInstanceUID == read(
+            main.get_bytes(f"/instances/{bright['ID']}/file")).SOPInstanceUID
+    finally:
+        stop_all([main, chest])
+
+
 def test_bad_rules_refuse_to_start(start_orthanc, router_models):
     server = start_orthanc(models=router_models, expect_failure=True,
                            plugin={"Routing": {"Rules": [{"Name": "x", "Model": "no-such-model", "Classes": ["a"]}]}})

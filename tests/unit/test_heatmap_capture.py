@@ -236,6 +236,25 @@ def test_the_writer_stores_once_announces_the_echo_and_replaces_the_older_captur
     assert snapshot["outcomes"] == {"written": 2, "unchanged": 1}
 
 
+def test_each_capture_written_is_handed_to_the_after_write_hooks_whose_errors_are_only_logged(model):
+    orthanc = MemoryOrthanc()
+    dicom = ct_with_bright_cell()
+    source_id = orthanc.add(dicom)
+    writer, _, status = writer_for(model, orthanc)
+    handed: list[tuple[str, Outcome]] = []
+
+    def failing_hook(capture_id: str, outcome: Outcome) -> None:
+        raise RuntimeError("a destination is misconfigured")
+
+    writer.after_write += [failing_hook, lambda capture_id, outcome: handed.append((capture_id, outcome))]
+    result, instance, _ = predicted(model, dicom)
+    outcome = Outcome(source_id, "predicted", results=[result])
+    writer(outcome)
+    writer(outcome)  # the capture exists: not written, not handed again
+    assert handed == [(capture_ids(instance.dataset, result).instance, outcome)]
+    assert status.snapshot()["heatmapSecondaryCaptures"]["outcomes"] == {"written": 1, "unchanged": 1}
+
+
 def test_writer_errors_are_counted_never_raised(model):
     orthanc = MemoryOrthanc()
     dicom = ct_with_bright_cell()

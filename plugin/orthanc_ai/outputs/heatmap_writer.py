@@ -10,12 +10,14 @@ deleted.
 The store is announced to the echo guard (its NEW_INSTANCE is not queued for prediction; should it be
 queued anyway, after a restart, decoding.is_plugin_heatmap skips it) and fenced like a store-back: a
 capture is not written into a study whose image was deleted since it was read, so a deleted patient does
-not come back as its heatmap. Errors are logged and counted (``/ai/status`` →
+not come back as its heatmap. Each capture written is handed to the ``after_write`` hooks (the router
+sends it where its image went). Errors are logged and counted (``/ai/status`` →
 ``heatmapSecondaryCaptures``); they never fail the prediction.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -55,6 +57,8 @@ class HeatmapCaptureWriter:
         self.fence = fence
         self.status = status
         self.max_frame_pixels = max_frame_pixels
+        # Called with each capture written and the outcome of the prediction it shows.
+        self.after_write: list[Callable[[str, Outcome], object]] = []
 
     def __call__(self, outcome: Outcome) -> None:
         """The after-prediction hook; never raises."""
@@ -104,6 +108,11 @@ class HeatmapCaptureWriter:
             older = replaced.get(result.model)
             if older is not None:
                 self._delete_older(capture_ids(source, older).instance, ids.instance)
+            for hook in self.after_write:
+                try:
+                    hook(ids.instance, outcome)
+                except Exception:  # the capture is written; a hook must not count it as failed
+                    log.exception("After-write hook failed for heatmap Secondary Capture %s", ids.instance)
 
     def _write(self, instance_id: str, instance: InstanceHeader, frame: np.ndarray, result: ModelResult,
                ids: OrthancIds, source_ids: OrthancIds, ticket: float) -> None:
