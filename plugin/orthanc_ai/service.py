@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .config import PluginConfig
+from .config import PluginConfig, worker_count
 from .dicom.tagging import stored_results
 from .events.ingest_pace import IngestPace
 from .events.instance_guards import EchoGuard
@@ -37,7 +37,8 @@ class PluginService:
     reporter: SeriesReporter
 
     @classmethod
-    def create(cls, config: PluginConfig, api: OrthancApi, node: str = "Orthanc") -> PluginService:
+    def create(cls, config: PluginConfig, api: OrthancApi, node: str = "Orthanc",
+               sdk_calls_release_gil: bool = False) -> PluginService:
         registry = ModelRegistry.load(config)
         policy = parse_routing(config.routing, list(registry.models))
         status = PluginStatus()
@@ -46,7 +47,8 @@ class PluginService:
         pipeline = PredictionPipeline(api, registry, config, status, echoes, node, capabilities)
         work_queue = PredictionQueue(
             lambda instance_id: pipeline.process(instance_id, claim=True),
-            echoes, status, config.workers, config.queue_capacity, config.worker_niceness,
+            echoes, status, worker_count(config.workers, sdk_calls_release_gil), config.queue_capacity,
+            config.worker_niceness,
             IngestPace(config.ingest_first_above_per_second, config.ingest_first_max_delay),
         )
         forwarder = Forwarder(api, policy, pipeline.locks, capabilities)

@@ -66,7 +66,7 @@ def plugin_status(service: PluginService) -> Response:
                 "outcomes": dict(service.reporter.counts),
             },
             "autoPredict": service.config.auto_predict,
-            "workers": service.config.workers,
+            "workers": service.queue.worker_count,
             "models": sorted(service.registry.models),
         }
     )
