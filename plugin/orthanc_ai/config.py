@@ -150,8 +150,8 @@ def worker_count(configured: int | None, sdk_calls_release_gil: bool) -> int:
     """The worker threads to start: as configured, or for "auto" two where the Python plugin keeps the GIL
     inside every Orthanc call and three where the calls release it.
 
-    Measured on 2 cores (docs/benchmarks.md, "Workers"): with the GIL held (plugin 4.0) two process 7 % more
-    than one and 8 % more than three, which also costs 9 % more CPU per image; with the calls releasing it
+    Measured on 2 cores (docs/benchmarks.md, "Workers"): with the GIL held (plugin 4.0) two process 8 % more
+    than one and 7 % more than three, which also costs 10 % more CPU per image; with the calls releasing it
     (plugin 5.0 and 7.1, "AllowThreads") three process 7 % more than two at the same CPU per image.
     """
     if configured is not None:
