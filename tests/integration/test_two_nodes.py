@@ -48,7 +48,8 @@ def test_300_instances_alternately_to_two_nodes(postgres, test_models, tmp_path_
         nodes[0].wait_until(settled, 300, "both nodes to finish")
         statuses = [node.status() for node in nodes]
         print("\n" + "\n".join(f"{node.config['Name']}: predicted {s['predicted']}, unchanged {s['unchanged']}, "
-                               f"claimed elsewhere {s['claimedElsewhere']}, failed {s['failed']}"
+                               f"claimed elsewhere {s['claimedElsewhere']}, failed {s['failed']}, "
+                               f"problems {s['recentProblems']}"
                                for node, s in zip(nodes, statuses, strict=True)))
         assert sum(s["predicted"] for s in statuses) == INSTANCES  # exactly once across the nodes
         assert all(s["failed"] == 0 and s["skipped"] == 0 for s in statuses)

@@ -3,25 +3,10 @@ handles ORTHANC_STOPPED) gets 503, not a Python traceback on Orthanc's HTTP thre
 short to hit from outside, so the glue runs here with the ``orthanc`` module mocked."""
 from __future__ import annotations
 
-import importlib
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from unittest.mock import MagicMock
 
 import pytest
-
-GLUE = "orthanc_ai.orthanc.orthanc_glue"
-
-
-@pytest.fixture
-def glue(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setitem(sys.modules, "orthanc", MagicMock())
-    monkeypatch.setitem(sys.modules, GLUE, None)  # so that teardown removes the module imported below
-    monkeypatch.delitem(sys.modules, GLUE)
-    module = importlib.import_module(GLUE)
-    yield module
-    module._REST_THREADS.shutdown(wait=True)
 
 
 def test_a_route_answers_while_the_plugin_runs(glue):

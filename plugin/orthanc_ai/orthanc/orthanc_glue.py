@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from pathlib import Path
@@ -203,15 +204,28 @@ class OrthancRestApi:
         return json.loads(_call(orthanc.RestApiGet, "/modalities")), json.loads(_call(orthanc.RestApiGet, "/peers"))
 
 
+# A REST call whose transaction the database could not serialize among concurrent ones (several nodes on one
+# PostgreSQL index under load) after Orthanc's own retries is rolled back entirely: it is tried again.
+SERIALIZATION_RETRIES = 5
+SERIALIZATION_PAUSE_SECONDS = 0.1
+
+
 def _call(function: Callable[..., bytes], uri: str, *body: bytes) -> bytes:
-    try:
-        return function(uri, *body)
-    except orthanc.OrthancException as error:
-        if _is_unknown_resource(error):
-            raise ResourceNotFound(uri) from error
-        if orthanc.ErrorCode.REVISION in error.args:
-            raise MetadataConflict(uri) from error
-        raise
+    retries = 0
+    while True:
+        try:
+            return function(uri, *body)
+        except orthanc.OrthancException as error:
+            if _is_unknown_resource(error):
+                raise ResourceNotFound(uri) from error
+            if orthanc.ErrorCode.REVISION in error.args:
+                raise MetadataConflict(uri) from error
+            if orthanc.ErrorCode.DATABASE_CANNOT_SERIALIZE not in error.args or retries == SERIALIZATION_RETRIES:
+                raise
+            retries += 1
+            log.info("%s: the database could not serialize it among concurrent transactions; retry %d of %d",
+                     uri, retries, SERIALIZATION_RETRIES)
+            time.sleep(SERIALIZATION_PAUSE_SECONDS * retries)
 
 
 def _is_unknown_resource(error: Exception) -> bool:
