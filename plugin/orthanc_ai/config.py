@@ -43,8 +43,7 @@ class PluginConfig:
     enabled_models: tuple[str, ...] | None = None
     # Per model: header rules that replace the model card's "applies_to".
     applies_to: Mapping[str, Mapping[str, list[str | None]]] = field(default_factory=dict)
-    # None ("auto"): worker_count() decides from what the Python plugin allows.
-    workers: int | None = None
+    workers: int = 2
     # Added niceness of the worker threads, so Orthanc's own ingest wins the CPU and the plugin catches up.
     worker_niceness: int = 10
     inference_threads: int = 1
@@ -80,7 +79,7 @@ _KEYS: dict[str, tuple[str, type]] = {
     "ModelsDirectory": ("models_directory", str),
     "EnabledModels": ("enabled_models", list),
     "AppliesTo": ("applies_to", dict),
-    "Workers": ("workers", object),  # a whole number or "auto": _parse_workers
+    "Workers": ("workers", int),
     "WorkerNiceness": ("worker_niceness", int),
     "InferenceThreads": ("inference_threads", int),
     "PrivateCreator": ("private_creator", str),
@@ -127,8 +126,6 @@ def parse_config(orthanc_configuration: Mapping[str, Any], config_directory: Pat
         if not all(isinstance(n, str) for n in names):
             raise ConfigurationError(f'"{SECTION}.EnabledModels" must be a list of model names')
         values["enabled_models"] = tuple(names)
-    if "workers" in values:
-        values["workers"] = _parse_workers(values["workers"])
     if "outputs" in values:
         values.update(_parse_outputs(values.pop("outputs")))
     values["user_metadata"] = _declared_names(orthanc_configuration, "UserMetadata")
@@ -136,27 +133,6 @@ def parse_config(orthanc_configuration: Mapping[str, Any], config_directory: Pat
     config = PluginConfig(**values)
     _check_ranges(config)
     return config
-
-
-def _parse_workers(value: Any) -> int | None:
-    if value == "auto":
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigurationError(f'"{SECTION}.Workers" must be a whole number or "auto", not {value!r}')
-    return value
-
-
-def worker_count(configured: int | None, sdk_calls_release_gil: bool) -> int:
-    """The worker threads to start: as configured, or for "auto" two where the Python plugin keeps the GIL
-    inside every Orthanc call and three where the calls release it.
-
-    Measured on 2 cores (docs/benchmarks.md, "Workers"): with the GIL held (plugin 4.0) two process 8 % more
-    than one and 7 % more than three, which also costs 10 % more CPU per image; with the calls releasing it
-    (plugin 5.0 and 7.1, "AllowThreads") three process 7 % more than two at the same CPU per image.
-    """
-    if configured is not None:
-        return configured
-    return 3 if sdk_calls_release_gil else 2
 
 
 def _declared_names(orthanc_configuration: Mapping[str, Any], key: str) -> frozenset[str]:
@@ -185,7 +161,7 @@ def _parse_outputs(outputs: Mapping[str, Any]) -> dict[str, bool]:
 
 
 def _check_ranges(config: PluginConfig) -> None:
-    if config.workers is not None and not 1 <= config.workers <= 32:
+    if not 1 <= config.workers <= 32:
         raise ConfigurationError(f'"{SECTION}.Workers" must be between 1 and 32, not {config.workers}')
     if not 0 <= config.worker_niceness <= 19:
         raise ConfigurationError(f'"{SECTION}.WorkerNiceness" must be between 0 and 19')

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .config import PluginConfig, worker_count
+from .config import PluginConfig
 from .dicom.tagging import stored_results
 from .events.ingest_pace import IngestPace
 from .events.instance_guards import EchoGuard
@@ -37,8 +37,7 @@ class PluginService:
     reporter: SeriesReporter
 
     @classmethod
-    def create(cls, config: PluginConfig, api: OrthancApi, node: str = "Orthanc",
-               sdk_calls_release_gil: bool = False) -> PluginService:
+    def create(cls, config: PluginConfig, api: OrthancApi, node: str = "Orthanc") -> PluginService:
         registry = ModelRegistry.load(config)
         policy = parse_routing(config.routing, list(registry.models))
         status = PluginStatus()
@@ -47,8 +46,7 @@ class PluginService:
         pipeline = PredictionPipeline(api, registry, config, status, echoes, node, capabilities)
         work_queue = PredictionQueue(
             lambda instance_id: pipeline.process(instance_id, claim=True),
-            echoes, status, worker_count(config.workers, sdk_calls_release_gil), config.queue_capacity,
-            config.worker_niceness,
+            echoes, status, config.workers, config.queue_capacity, config.worker_niceness,
             IngestPace(config.ingest_first_above_per_second, config.ingest_first_max_delay),
         )
         forwarder = Forwarder(api, policy, pipeline.locks, capabilities)

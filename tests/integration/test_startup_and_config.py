@@ -17,19 +17,7 @@ def test_unknown_key_refuses_to_start_with_a_clear_message(start_orthanc):
 def test_bad_value_refuses_to_start(start_orthanc):
     server = start_orthanc(expect_failure=True, plugin={"Workers": "four"})
     server.process.wait(30)
-    assert """"OrthancAI.Workers" must be a whole number or "auto", not 'four'""" in server.log_text()
-
-
-def test_auto_workers_are_three_only_where_orthanc_calls_release_the_gil(start_orthanc):
-    """orthanc.json's "Workers": "auto" with its "AllowThreads": true: two workers on plugin 4.0 (which keeps
-    the GIL inside every Orthanc call, AllowThreads or not), three from 5.0; two again without AllowThreads."""
-    server = start_orthanc()
-    expected = 3 if server.python_plugin_version() >= (5, 0) else 2
-    assert server.get("/ai/status")["workers"] == expected
-    assert f"{expected} worker(s)" in server.log_text()
-
-    assert start_orthanc(Python={"AllowThreads": False}).get("/ai/status")["workers"] == 2
-    assert start_orthanc(plugin={"Workers": 1}).get("/ai/status")["workers"] == 1
+    assert """"OrthancAI.Workers" must be a whole number, not 'four'""" in server.log_text()
 
 
 def test_overwrite_off_refuses_to_start(start_orthanc):

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from orthanc_ai.config import ConfigurationError, check_orthanc_settings, parse_config, worker_count
+from orthanc_ai.config import ConfigurationError, check_orthanc_settings, parse_config
 
 
 def test_defaults_when_section_is_absent():
     config = parse_config({}, Path("/etc/orthanc"))
-    assert config.auto_predict is True and config.workers is None  # "auto"
+    assert config.auto_predict is True and config.workers == 2
     assert config.deletion_filter == "auto"
     assert config.models_directory.name == "models" and config.enabled_models is None
 
@@ -23,8 +23,7 @@ def test_relative_models_directory_is_taken_from_the_configuration_folder():
 
 @pytest.mark.parametrize("section, message", [
     ({"Workerz": 2}, "unknown key(s) in \"OrthancAI\": Workerz"),
-    ({"Workers": True}, "\"OrthancAI.Workers\" must be a whole number or \"auto\", not True"),
-    ({"Workers": "2"}, "\"OrthancAI.Workers\" must be a whole number or \"auto\", not '2'"),
+    ({"Workers": True}, "\"OrthancAI.Workers\" must be a whole number"),
     ({"Workers": 0}, "between 1 and 32"),
     ({"AutoPredict": "yes"}, "must be true or false"),
     ({"EnabledModels": [1]}, "list of model names"),
@@ -40,14 +39,6 @@ def test_bad_values_name_the_key(section, message):
     with pytest.raises(ConfigurationError) as error:
         parse_config({"OrthancAI": section}, Path("."))
     assert message in str(error.value)
-
-
-def test_auto_workers_are_three_only_where_orthanc_calls_release_the_gil():
-    assert parse_config({"OrthancAI": {"Workers": "auto"}}, Path(".")).workers is None
-    assert worker_count(None, sdk_calls_release_gil=False) == 2
-    assert worker_count(None, sdk_calls_release_gil=True) == 3
-    configured = parse_config({"OrthancAI": {"Workers": 1}}, Path(".")).workers
-    assert worker_count(configured, sdk_calls_release_gil=True) == 1
 
 
 def test_orthanc_settings_the_plugin_needs():

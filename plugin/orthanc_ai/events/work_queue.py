@@ -49,10 +49,6 @@ class PredictionQueue:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
-    @property
-    def worker_count(self) -> int:
-        return self._worker_count
-
     def on_new_instance(self, instance_id: str, enqueue: bool = True) -> None:
         """Called from Orthanc's change callback: must return immediately.
 

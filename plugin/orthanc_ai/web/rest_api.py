@@ -66,7 +66,7 @@ def plugin_status(service: PluginService) -> Response:
                 "outcomes": dict(service.reporter.counts),
             },
             "autoPredict": service.config.auto_predict,
-            "workers": service.queue.worker_count,
+            "workers": service.config.workers,
             "models": sorted(service.registry.models),
         }
     )
