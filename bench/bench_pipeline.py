@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "plugin"))
 
 from tests.support.dicom_files import synthetic_ct  # noqa: E402
-from tests.support.orthanc_process import ORTHANC, OrthancProcess  # noqa: E402
+from tests.support.orthanc_process import ORTHANC, OrthancProcess, child_pids  # noqa: E402
 
 TARGETS = {
     "ingest_ratio": 0.9,  # plugin / plain
@@ -110,9 +110,23 @@ def pid_of(server: OrthancProcess) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads)."""
-    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process (all its threads) and of its running children (the plugin's
+    prediction processes)."""
+    total = 0
+    for each in [pid, *child_pids(pid)]:
+        try:
+            parts = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a child that ended meanwhile
+        total += int(parts[11]) + int(parts[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of all cores since boot, from /proc/stat (idle and iowait are not busy)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - fields[3] - fields[4]) / ticks, sum(fields) / ticks
 
 
 def outcomes(status: dict) -> int:
@@ -128,6 +142,11 @@ def wait_processed(client: Client, expected: int, timeout: float = 600.0, poll: 
             return time.monotonic()
         time.sleep(poll)
     raise TimeoutError(f"plugin did not reach {expected} outcomes within {timeout} s: {client.get_json('/ai/status')}")
+
+
+def _busy(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """Fraction of the machine's CPU time that was busy between two machine_cpu_seconds() readings."""
+    return (after[0] - before[0]) / max(after[1] - before[1], 1e-9)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -197,7 +216,9 @@ class Bench:
     # -- servers
     def start_servers(self) -> None:
         self.plain = OrthancProcess(self.workdir / "plain", REPO / "models", overrides={"Plugins": []}).start()
-        plugin_overrides = {"Workers": self.args.workers} if self.args.workers else None
+        plugin_overrides: dict[str, Any] = {"Workers": self.args.workers} if self.args.workers else {}
+        if self.args.prediction_processes is not None:
+            plugin_overrides["PredictionProcesses"] = self.args.prediction_processes
         self.plugin = OrthancProcess(self.workdir / "plugin", Path(self.args.models),
                                      plugin_overrides=plugin_overrides).start()
         self.plain_client, self.plugin_client = Client(self.plain), Client(self.plugin)
@@ -366,22 +387,35 @@ class Bench:
         self.results["sustained"] = {}
         for which in self.processed:
             server, client = self.servers[which]
-            cpu_before = cpu_seconds(pid_of(server))
+            # CPU of Orthanc and of the whole machine (the sender included), during the C-STORE and after it:
+            # how many of the cores the processing used, and how many were left idle.
+            cpu_before, machine_before = cpu_seconds(pid_of(server)), machine_cpu_seconds()
             started = time.monotonic()
             done = server.store_cstore(files)
             ingested = time.monotonic()
+            cpu_ingested, machine_ingested = cpu_seconds(pid_of(server)), machine_cpu_seconds()
             if done.returncode != 0:
                 raise RuntimeError(f"storescu failed ({done.returncode}): {done.stderr[-500:]}")
             self.processed[which] += len(files)
             finished = wait_processed(client, self.processed[which])
-            cpu = cpu_seconds(pid_of(server)) - cpu_before
+            cpu_after, machine_after = cpu_seconds(pid_of(server)), machine_cpu_seconds()
+            cpu = cpu_after - cpu_before
             rate = len(files) / (finished - started)
+            cores = {
+                "orthanc_cores_during_ingest": (cpu_ingested - cpu_before) / (ingested - started),
+                "orthanc_cores_after_ingest": (cpu_after - cpu_ingested) / (finished - ingested),
+                "machine_busy_during_ingest": _busy(machine_before, machine_ingested),
+                "machine_busy_after_ingest": _busy(machine_ingested, machine_after),
+            }
             self.results["sustained"][which] = {
                 "instances": len(files), "ingest_s": ingested - started, "total_s": finished - started,
-                "processed_per_s": rate, "cpu_ms_per_instance": cpu / len(files) * 1000}
+                "processed_per_s": rate, "cpu_ms_per_instance": cpu / len(files) * 1000, **cores}
             print(f"  {which}: {len(files)} instances by C-STORE: ingest {ingested - started:.1f} s, all tagged "
                   f"after {finished - started:.1f} s → {rate:.1f} processed instances/s; Orthanc+plugin CPU "
                   f"{cpu / len(files) * 1000:.1f} ms/instance")
+            print(f"    cores used by Orthanc during / after the C-STORE: {cores['orthanc_cores_during_ingest']:.2f} / "
+                  f"{cores['orthanc_cores_after_ingest']:.2f} of {os.cpu_count()}; the machine busy "
+                  f"{cores['machine_busy_during_ingest']:.0%} / {cores['machine_busy_after_ingest']:.0%}")
 
     def memory_at_end(self) -> None:
         plain_rss, plain_hwm = self.plain.memory_mib()
@@ -395,9 +429,9 @@ class Bench:
         from orthanc_ai.config import parse_config
         from orthanc_ai.dicom.decoding import decode_analysed_frame, read_header
         from orthanc_ai.dicom.tagging import add_results
+        from orthanc_ai.models.file_prediction import SOFTWARE
         from orthanc_ai.models.preprocessing import InputTensors
         from orthanc_ai.models.registry import ModelRegistry
-        from orthanc_ai.pipeline import SOFTWARE
 
         config = parse_config({"OrthancAI": {"ModelsDirectory": str(Path(self.args.models).resolve())}}, REPO)
         registry = ModelRegistry.load(config)
@@ -530,6 +564,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--profile-runs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=None, help="OrthancAI.Workers (default: orthanc.json's)")
+    parser.add_argument("--prediction-processes", type=int, default=None,
+                        help="OrthancAI.PredictionProcesses (default: orthanc.json's)")
     parser.add_argument("--models", default=str(REPO / "models"), help="models directory (default: models/)")
     parser.add_argument("--idle-plugin", action="store_true",
                         help="also interleave an Orthanc with the plugin loaded but AutoPredict false")

@@ -46,6 +46,9 @@ class PluginConfig:
     workers: int = 2
     # Added niceness of the worker threads, so Orthanc's own ingest wins the CPU and the plugin catches up.
     worker_niceness: int = 10
+    # Processes that run the CPU-bound part of predictions off the plugin's GIL (prediction_processes.py);
+    # 0: in the worker threads; None ("auto"): prediction_process_count() decides.
+    prediction_processes: int | None = None
     inference_threads: int = 1
     private_creator: str = DEFAULT_PRIVATE_CREATOR
     max_frame_pixels: int = 40_000_000
@@ -81,6 +84,7 @@ _KEYS: dict[str, tuple[str, type]] = {
     "AppliesTo": ("applies_to", dict),
     "Workers": ("workers", int),
     "WorkerNiceness": ("worker_niceness", int),
+    "PredictionProcesses": ("prediction_processes", object),  # a whole number or "auto"
     "InferenceThreads": ("inference_threads", int),
     "PrivateCreator": ("private_creator", str),
     "MaxFramePixels": ("max_frame_pixels", int),
@@ -126,6 +130,8 @@ def parse_config(orthanc_configuration: Mapping[str, Any], config_directory: Pat
         if not all(isinstance(n, str) for n in names):
             raise ConfigurationError(f'"{SECTION}.EnabledModels" must be a list of model names')
         values["enabled_models"] = tuple(names)
+    if "prediction_processes" in values:
+        values["prediction_processes"] = _parse_count_or_auto("PredictionProcesses", values["prediction_processes"])
     if "outputs" in values:
         values.update(_parse_outputs(values.pop("outputs")))
     values["user_metadata"] = _declared_names(orthanc_configuration, "UserMetadata")
@@ -133,6 +139,28 @@ def parse_config(orthanc_configuration: Mapping[str, Any], config_directory: Pat
     config = PluginConfig(**values)
     _check_ranges(config)
     return config
+
+
+def _parse_count_or_auto(key: str, value: Any) -> int | None:
+    if value == "auto":
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigurationError(f'"{SECTION}.{key}" must be a whole number or "auto", not {value!r}')
+    return value
+
+
+def prediction_process_count(config: PluginConfig, sdk_calls_release_gil: bool) -> int:
+    """The prediction processes to start: as configured, or for "auto" one per worker where the Python plugin
+    keeps the GIL inside every Orthanc call (plugin 4.x, or "AllowThreads" off), and none where the calls
+    release it.
+
+    Measured on 2 cores (docs/benchmarks.md, "Prediction processes"): with the GIL held, two processes let
+    two workers process 13-16 % more images in a burst; with the calls releasing it, they processed 0-10 %
+    fewer, their extra CPU per image (the file sent to them and back) outweighing the GIL they free.
+    """
+    if config.prediction_processes is not None:
+        return config.prediction_processes
+    return 0 if sdk_calls_release_gil else config.workers
 
 
 def _declared_names(orthanc_configuration: Mapping[str, Any], key: str) -> frozenset[str]:
@@ -163,6 +191,8 @@ def _parse_outputs(outputs: Mapping[str, Any]) -> dict[str, bool]:
 def _check_ranges(config: PluginConfig) -> None:
     if not 1 <= config.workers <= 32:
         raise ConfigurationError(f'"{SECTION}.Workers" must be between 1 and 32, not {config.workers}')
+    if config.prediction_processes is not None and not 0 <= config.prediction_processes <= 32:
+        raise ConfigurationError(f'"{SECTION}.PredictionProcesses" must be between 0 (none) and 32')
     if not 0 <= config.worker_niceness <= 19:
         raise ConfigurationError(f'"{SECTION}.WorkerNiceness" must be between 0 and 19')
     if not 1 <= config.inference_threads <= 64:

@@ -15,25 +15,23 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from . import __version__
 from .config import METADATA_PROVENANCE, METADATA_SOURCE_FILE, METADATA_STATUS, PluginConfig
-from .dicom.decoding import InstanceHeader, InstanceSkipped, decode_analysed_frame, is_extension_panic, read_header
-from .dicom.private_tags import ModelResult, read_results
-from .dicom.tagging import ResultsNotWritable, add_results
+from .dicom.decoding import InstanceSkipped, NeedsOrthancDecoding, is_extension_panic
+from .dicom.private_tags import ModelResult
 from .events.deletion_fence import PENDING_SECONDS, DeletedMeanwhile, DeletionFence
 from .events.instance_guards import EchoGuard, InstanceLocks
+from .models.file_prediction import FilePrediction, FileRequest, predict_file
 from .models.inference import LoadedModel
-from .models.preprocessing import InputTensors
+from .models.prediction_processes import PredictionProcesses
 from .models.registry import ModelRegistry
 from .orthanc.capabilities import OrthancCapabilities
 from .orthanc.orthanc_api import MetadataConflict, OrthancApi, ResourceNotFound
-from .orthanc.orthanc_ids import OrthancIds, orthanc_ids
+from .orthanc.orthanc_ids import OrthancIds
 from .orthanc.overwrite_carryover import Carryover, CarryoverSettings, read_carryover
 from .status import Outcome, PluginStatus
 
 log = logging.getLogger(__name__)
 
-SOFTWARE = f"orthanc-ai {__version__}"
 # Orthanc's own metadata that tell where an instance came from.
 PROVENANCE_KEYS = ("Origin", "RemoteAET", "RemoteIP", "CalledAET", "HttpUsername", "ReceptionDate", "TransferSyntax")
 # An instance whose store-back a deletion refused is tried again from the start (read, predict,
@@ -51,8 +49,11 @@ class PredictionPipeline:
         echoes: EchoGuard,
         node: str = "Orthanc",
         capabilities: OrthancCapabilities | None = None,
+        processes: PredictionProcesses | None = None,
     ) -> None:
         self.api = api
+        # Where the CPU-bound part of each prediction runs; None: in the calling thread.
+        self.processes = processes
         self.node = node
         # Without one (unit tests): an Orthanc with a SQLite index and no labels.
         self.capabilities = capabilities or OrthancCapabilities(dict, config.claims)
@@ -120,39 +121,39 @@ class PredictionPipeline:
         original = self.api.instance_file(instance_id)
         if len(original) > self.config.max_file_megabytes * 1024 * 1024:
             raise InstanceSkipped(f"file too large: {len(original)} bytes exceeds MaxFileMegabytes")
-        instance = read_header(original, self.config.max_frame_pixels)
-        existing = read_results(instance.dataset, self.config.private_creator)
-        run = _ModelRun(self, instance_id, original, instance)
+        metadata = self.api.instance_metadata(instance_id)
+        provenance = self._provenance(metadata, len(original))
+        request = FileRequest(
+            models=tuple(m.card.name for m in chosen) if chosen is not None else None,
+            force=force,
+            private_creator=self.config.private_creator,
+            max_frame_pixels=self.config.max_frame_pixels,
+            source_file_name=metadata.get(METADATA_SOURCE_FILE) or None,
+            source_file_size=provenance.get("ReceivedSize"),
+        )
         self.status.set_stage(instance_id, "predicting")
-
-        if chosen is not None:
-            results = run.models(chosen if force else _not_done(chosen, existing))
-        else:
-            # Stage 1: header rules. Stage 2: models routed by a stage-1 result (e.g. the body-part router).
-            first, _ = self.registry.applicable(instance.header)
-            results = run.models(first if force else _not_done(first, existing))
-            known = {r.model: r for r in existing} | {r.model: r for r in results}
-            applicable, mismatches = self.registry.applicable(instance.header, known)
-            if not applicable:
-                details = "; ".join(f"{name}: {why}" for name, why in mismatches.items()) or "no model is loaded"
-                raise InstanceSkipped(f"no model applies ({details})")
-            second = [m for m in applicable if m.card.routed_by is not None]
-            results += run.models(second if force else _not_done(second, existing))
-        if not results:
-            return Outcome(instance_id, "unchanged", results=existing)
-
-        try:
-            tagged = add_results(original, self.config.private_creator, SOFTWARE, results)
-        except ResultsNotWritable as error:
-            raise InstanceSkipped(f"results cannot be written into this file: {error}") from error
-        ids = _ids_of(instance, instance_id)
-        carryover = read_carryover(self.api, instance_id, ids, run.metadata, self._carryover_settings())
+        prediction = self._predict_file(original, request)
+        if prediction.tagged is None:
+            return Outcome(instance_id, "unchanged", results=prediction.existing)
+        ids = _ids_of(prediction, instance_id)
+        carryover = read_carryover(self.api, instance_id, ids, metadata, self._carryover_settings())
         self.status.set_stage(instance_id, "storing")
-        self._store_back(instance_id, tagged, carryover, run.provenance, ticket, ids)
-        replaced = {r.model for r in results}
-        return Outcome(instance_id, "predicted", results=[r for r in existing if r.model not in replaced] + results,
-                       replaced=[r for r in existing if r.model in replaced],
+        self._store_back(instance_id, prediction.tagged, carryover, provenance, ticket, ids)
+        replaced = {r.model for r in prediction.results}
+        return Outcome(instance_id, "predicted",
+                       results=[r for r in prediction.existing if r.model not in replaced] + prediction.results,
+                       replaced=[r for r in prediction.existing if r.model in replaced],
                        study_id=ids.study if ids is not None else None)
+
+    def _predict_file(self, original: bytes, request: FileRequest) -> FilePrediction:
+        """In a prediction process where there are some, else (or where Orthanc must decode) in this thread."""
+        if self.processes is not None:
+            try:
+                return self.processes.predict(original, request)
+            except NeedsOrthancDecoding:
+                pass
+        return predict_file(original, request, self.registry,
+                            decode_fallback=lambda index: self.api.decode_frame(original, index))
 
     @staticmethod
     def _provenance(metadata: dict[str, str], size: int) -> dict:
@@ -231,48 +232,13 @@ def _status_record(outcome: Outcome) -> dict:
     }
 
 
-class _ModelRun:
-    """Runs models on one instance, reading its metadata and decoding its frame once, when first needed."""
-
-    def __init__(self, pipeline: PredictionPipeline, instance_id: str, original: bytes, instance: InstanceHeader):
-        self.pipeline, self.instance_id, self.original, self.instance = pipeline, instance_id, original, instance
-        self._inputs: InputTensors | None = None
-        self.metadata: dict[str, str] = {}
-        self.provenance: dict = {}
-
-    def models(self, models: Sequence[LoadedModel]) -> list[ModelResult]:
-        if not models:
-            return []
-        if self._inputs is None:
-            api = self.pipeline.api
-            self.metadata = api.instance_metadata(self.instance_id)
-            self.provenance = self.pipeline._provenance(self.metadata, len(self.original))
-            frame = decode_analysed_frame(self.instance, fallback=lambda index: api.decode_frame(self.original, index))
-            self._inputs = InputTensors(frame, self.instance.pixels)
-        return [
-            model.predict(
-                self._inputs,
-                frame_number=self.instance.analysed_frame_index + 1,
-                source_file_name=self.metadata.get(METADATA_SOURCE_FILE) or None,
-                source_file_size=self.provenance.get("ReceivedSize"),
-            )
-            for model in models
-        ]
-
-
-def _ids_of(instance: InstanceHeader, instance_id: str) -> OrthancIds | None:
+def _ids_of(prediction: FilePrediction, instance_id: str) -> OrthancIds | None:
     """Orthanc's ids of the instance and its parents, or None where Orthanc derived its id otherwise."""
-    ids = orthanc_ids(instance.dataset)
-    if ids.instance != instance_id:
-        log.debug("Instance %s: ids derived from its file differ (%s); any deletion fences it", instance_id, ids)
+    if prediction.ids.instance != instance_id:
+        log.debug("Instance %s: ids derived from its file differ (%s); any deletion fences it", instance_id,
+                  prediction.ids)
         return None
-    return ids
-
-
-def _not_done(models: Sequence[LoadedModel], existing: Sequence[ModelResult]) -> list[LoadedModel]:
-    """The models whose current version has no result in the instance yet."""
-    done = {(r.model, r.version) for r in existing}
-    return [m for m in models if (m.card.name, m.card.version) not in done]
+    return prediction.ids
 
 
 def _summary(results: list[ModelResult]) -> str:

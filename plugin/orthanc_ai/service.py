@@ -4,12 +4,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .config import PluginConfig
+from .config import PluginConfig, prediction_process_count
 from .dicom.tagging import stored_results
 from .events.ingest_pace import IngestPace
 from .events.instance_guards import EchoGuard
 from .events.recovery import BacklogRecovery
 from .events.work_queue import PredictionQueue
+from .models.prediction_processes import start_prediction_processes
 from .models.registry import ModelRegistry
 from .orthanc.capabilities import OrthancCapabilities
 from .orthanc.orthanc_api import OrthancApi
@@ -35,9 +36,11 @@ class PluginService:
     recovery: BacklogRecovery
     forwarder: Forwarder
     reporter: SeriesReporter
+    prediction_process_count: int = 0
 
     @classmethod
-    def create(cls, config: PluginConfig, api: OrthancApi, node: str = "Orthanc") -> PluginService:
+    def create(cls, config: PluginConfig, api: OrthancApi, node: str = "Orthanc",
+               sdk_calls_release_gil: bool = False) -> PluginService:
         registry = ModelRegistry.load(config)
         policy = parse_routing(config.routing, list(registry.models))
         status = PluginStatus()
@@ -81,10 +84,14 @@ class PluginService:
         reporter.after_report.append(labeller.on_report)
         if not registry.models:
             log.error("No model could be loaded from %s: nothing will be predicted", config.models_directory)
-        return cls(config, api, registry, status, pipeline, work_queue, recovery, forwarder, reporter)
+        return cls(config, api, registry, status, pipeline, work_queue, recovery, forwarder, reporter,
+                   prediction_process_count(config, sdk_calls_release_gil))
 
     def start(self) -> None:
-        """Orthanc has started: workers, forwarding, then (with automatic prediction) the change-log replay."""
+        """Orthanc has started: prediction processes, workers, forwarding, then (with automatic prediction)
+        the change-log replay."""
+        if self.prediction_process_count:
+            self.pipeline.processes = start_prediction_processes(self.config, self.prediction_process_count)
         self.queue.start()
         if self.config.structured_report:
             self.reporter.start()
@@ -101,3 +108,5 @@ class PluginService:
         self.queue.stop()
         self.reporter.stop()
         self.forwarder.stop()
+        if self.pipeline.processes is not None:
+            self.pipeline.processes.stop()

@@ -151,13 +151,19 @@ class OrthancProcess:
         return self.process is not None and self.process.poll() is None
 
     def memory_mib(self) -> tuple[float, float]:
-        """The Orthanc process's resident memory now and its peak so far (VmRSS, VmHWM), in MiB."""
+        """Resident memory now and the peaks so far (VmRSS, VmHWM) in MiB, of the Orthanc process and its
+        children (the plugin's prediction processes), summed."""
         assert self.process is not None
-        fields = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) / 1024
+        fields = {"VmRSS": 0.0, "VmHWM": 0.0}
+        for pid in [self.process.pid, *child_pids(self.process.pid)]:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue  # ended meanwhile
+            for line in status.splitlines():
+                key, _, value = line.partition(":")
+                if key in fields:
+                    fields[key] += int(value.split()[0]) / 1024
         return fields["VmRSS"], fields["VmHWM"]
 
     def log_text(self) -> str:
@@ -231,3 +237,16 @@ class OrthancProcess:
             return total >= expected_outcomes and s["queueLength"] == 0 and s["inProgress"] == 0
         self.wait_until(done, timeout, f"{expected_outcomes} outcomes")
         return self.status()
+
+
+def child_pids(parent: int) -> list[int]:
+    """The running processes whose parent is ``parent``."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return children

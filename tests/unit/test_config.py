@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from orthanc_ai.config import ConfigurationError, check_orthanc_settings, parse_config
+from orthanc_ai.config import ConfigurationError, check_orthanc_settings, parse_config, prediction_process_count
 
 
 def test_defaults_when_section_is_absent():
@@ -34,6 +34,9 @@ def test_relative_models_directory_is_taken_from_the_configuration_folder():
     ({"DeletionFilter": "yes"}, "\"OrthancAI.DeletionFilter\" must be one of auto, always, never"),
     ({"IngestFirstAbovePerSecond": -1}, "\"OrthancAI.IngestFirstAbovePerSecond\" must be between 0 (off)"),
     ({"IngestFirstMaxDelaySeconds": 1.5}, "\"OrthancAI.IngestFirstMaxDelaySeconds\" must be a whole number"),
+    ({"PredictionProcesses": "many"}, "\"OrthancAI.PredictionProcesses\" must be a whole number or \"auto\""),
+    ({"PredictionProcesses": True}, "\"OrthancAI.PredictionProcesses\" must be a whole number or \"auto\""),
+    ({"PredictionProcesses": 33}, "\"OrthancAI.PredictionProcesses\" must be between 0 (none) and 32"),
 ])
 def test_bad_values_name_the_key(section, message):
     with pytest.raises(ConfigurationError) as error:
@@ -67,3 +70,17 @@ def test_bad_outputs_name_the_key(outputs, message):
     with pytest.raises(ConfigurationError) as error:
         parse_config({"OrthancAI": {"Outputs": outputs}}, Path("."))
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("section, calls_release_gil, expected", [
+    ({}, False, 2),  # "auto" on plugin 4.0: one per worker
+    ({"Workers": 3}, False, 3),
+    ({}, True, 0),  # "auto" where Orthanc calls release the GIL: the workers predict
+    ({"PredictionProcesses": "auto", "Workers": 1}, True, 0),
+    ({"PredictionProcesses": 0}, False, 0),
+    ({"PredictionProcesses": 4}, True, 4),
+])
+def test_prediction_processes_auto_starts_them_only_where_the_gil_is_held_in_orthanc_calls(
+        section, calls_release_gil, expected):
+    config = parse_config({"OrthancAI": section}, Path("."))
+    assert prediction_process_count(config, calls_release_gil) == expected

@@ -49,6 +49,11 @@ class InstanceSkipped(Exception):
     """The instance cannot or should not be analysed; the message is the recorded reason."""
 
 
+class NeedsOrthancDecoding(Exception):
+    """pydicom cannot decode the frame, and Orthanc's decoder cannot be called from here (a prediction
+    process): the frame is to be predicted where it can (prediction_processes.py)."""
+
+
 @dataclass(frozen=True)
 class InstanceHeader:
     """What the pipeline needs to know about an instance before decoding its pixels."""
@@ -219,6 +224,8 @@ def _decode_with_fallback(
                               f"{reason}") from error
     try:
         return fallback(instance.analysed_frame_index)
+    except NeedsOrthancDecoding:
+        raise
     except Exception as second:
         raise InstanceSkipped(
             f"cannot decode transfer syntax {_transfer_syntax(instance.dataset)}: pydicom: {reason}; "

@@ -264,7 +264,8 @@ def register() -> None:
         if problems:
             raise ConfigurationError("; ".join(problems))
         # Routing rules are checked against the models that actually loaded.
-        _service = PluginService.create(config, OrthancRestApi(), node=str(configuration.get("Name", "Orthanc")))
+        _service = PluginService.create(config, OrthancRestApi(), node=str(configuration.get("Name", "Orthanc")),
+                                        sdk_calls_release_gil=_sdk_calls_release_gil(configuration))
     except ConfigurationError as error:
         orthanc.LogError(f"OrthancAI: configuration error: {error}")
         raise
@@ -275,11 +276,22 @@ def register() -> None:
     _register_routes()
     orthanc.ExtendOrthancExplorer(_explorer_javascript())
     log.warning(
-        "ready: models %s, automatic prediction %s, %d worker(s)",
+        "ready: models %s, automatic prediction %s, %d worker(s), %d prediction process(es) when started",
         ", ".join(_service.registry.models) or "none",
         "on" if config.auto_predict else "off",
         config.workers,
+        _service.prediction_process_count,
     )
+
+
+def _sdk_calls_release_gil(configuration: dict[str, Any]) -> bool:
+    """Whether other Python threads run while one is inside an Orthanc call: with ``"Python":
+    {"AllowThreads": true}`` on plugin 5.0 or later, recognised by GetDatabaseServerIdentifier. (4.3 added
+    AllowThreads but has no such mark: there "auto" counts it as holding the GIL.)
+    """
+    python = configuration.get("Python")
+    allowed = isinstance(python, dict) and python.get("AllowThreads") is True
+    return allowed and hasattr(orthanc, "GetDatabaseServerIdentifier")
 
 
 EXPLORER_DIRECTORY = Path(__file__).resolve().parents[1] / "web" / "explorer"

@@ -67,6 +67,8 @@ def plugin_status(service: PluginService) -> Response:
             },
             "autoPredict": service.config.auto_predict,
             "workers": service.config.workers,
+            # Running now: 0 where the workers predict themselves ("auto" on plugin 5.0+, or they could not start).
+            "predictionProcesses": service.pipeline.processes.count if service.pipeline.processes is not None else 0,
             "models": sorted(service.registry.models),
         }
     )
