@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="path of the py-spy binary")
     parser.add_argument("--instances", type=int, default=150)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--prediction-processes", type=int, default=0,
+                        help="OrthancAI.PredictionProcesses (default 0: the workers predict, so py-spy sees it all "
+                             "in Orthanc's threads; more: the processes are sampled too)")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment of Orthanc")
@@ -57,13 +60,15 @@ def main() -> None:
         path = workdir / f"ct-{index:05d}.dcm"
         path.write_bytes(synthetic_ct(seed=50_000 + index, rows=512, columns=512))
         files.append(path)
-    overrides = {"Workers": args.workers} if args.workers else None
+    overrides: dict[str, int] = {"Workers": args.workers} if args.workers else {}
+    overrides["PredictionProcesses"] = args.prediction_processes
     server = OrthancProcess(workdir / "orthanc", REPO / "models", plugin_overrides=overrides).start()
     assert server.process is not None  # started
     raw = workdir / "py-spy.txt"
     try:
         command = [args.py_spy, "record", "--pid", str(server.process.pid), "--format", "raw", "--output", str(raw),
-                   "--rate", str(args.rate), "--threads", "--nonblocking"] + (["--gil"] if args.gil else [])
+                   "--rate", str(args.rate), "--threads", "--nonblocking"] + (["--gil"] if args.gil else []) \
+            + (["--subprocesses"] if args.prediction_processes else [])
         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(1.5)  # py-spy attached
         started = time.monotonic()

@@ -129,8 +129,8 @@ def start_prediction_processes(config: PluginConfig, count: int) -> PredictionPr
     try:
         processes.wait_ready()
     except PredictionProcessDied as error:
-        log.error("PredictionProcesses: %s (its error is in Orthanc's log above); predicting in the worker threads",
-                  error)
+        log.error("PredictionProcesses: %s (its own error went to Orthanc's standard error); predicting in the "
+                  "worker threads", error)
         processes.stop()
         return None
     return processes
