@@ -61,3 +61,11 @@ def test_a_killed_process_is_replaced_and_no_image_is_lost(start_orthanc, tmp_pa
     assert replacement != victim
     assert orthanc.stop() == 0, orthanc.log_tail()
 
+
+
+def test_auto_starts_them_only_where_orthanc_calls_keep_the_gil(start_orthanc):
+    orthanc = start_orthanc()  # orthanc.json: "PredictionProcesses": "auto", "AllowThreads": true
+    expected = 2 if orthanc.python_plugin_version() < (5, 0) else 0
+    assert f"2 worker(s), {expected} prediction process(es) when started" in orthanc.log_text()
+    orthanc.wait_until(lambda: orthanc.status()["predictionProcesses"] == expected, what=f"{expected} processes")
+    assert len(child_pids(orthanc.process.pid)) == expected
