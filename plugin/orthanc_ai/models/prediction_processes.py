@@ -169,7 +169,10 @@ class _Child:
         self.requests: IO[bytes] = os.fdopen(requests_write, "wb")
         self.answers: IO[bytes] = os.fdopen(answers_read, "rb")
         self._ready = False
-        self._send(config)
+        try:
+            self._send(config)
+        except PredictionProcessDied:
+            pass  # it ended at once (it cannot start): wait_ready or the first request says so, with its status
 
     def wait_ready(self) -> None:
         if not self._ready:
