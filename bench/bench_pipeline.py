@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "plugin"))
 
 from tests.support.dicom_files import synthetic_ct  # noqa: E402
-from tests.support.orthanc_process import ORTHANC, OrthancProcess, child_pids  # noqa: E402
+from tests.support.orthanc_process import ORTHANC, OrthancProcess, child_pids, proc_stat_fields  # noqa: E402
 
 TARGETS = {
     "ingest_ratio": 0.9,  # plugin / plain
@@ -115,7 +115,7 @@ def cpu_seconds(pid: int) -> float:
     total = 0
     for each in [pid, *child_pids(pid)]:
         try:
-            parts = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            parts = proc_stat_fields(each)
         except OSError:
             continue  # a child that ended meanwhile
         total += int(parts[11]) + int(parts[12])

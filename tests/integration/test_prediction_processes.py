@@ -4,20 +4,18 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 from orthanc_ai.config import DEFAULT_PRIVATE_CREATOR
 from orthanc_ai.dicom.private_tags import read_results
 from tests.support.dicom_files import read, synthetic_ct
-from tests.support.orthanc_process import child_pids
+from tests.support.orthanc_process import child_pids, proc_stat_fields
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return proc_stat_fields(pid)[0] != "Z"
+    except OSError:
         return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_images_are_tagged_by_the_processes_which_end_with_orthanc(start_orthanc, tmp_path):

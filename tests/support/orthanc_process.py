@@ -239,12 +239,18 @@ class OrthancProcess:
         return self.status()
 
 
+def proc_stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, …, utime, stime at 11 and 12);
+    raises OSError once the process is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def child_pids(parent: int) -> list[int]:
     """The running processes whose parent is ``parent``."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = proc_stat_fields(int(stat.parent.name))
         except OSError:
             continue
         if int(fields[1]) == parent:
